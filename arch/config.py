@@ -1,0 +1,166 @@
+"""Config validation shared by every component: one schema mechanism for the whole project.
+
+A component is configured by a mapping ``{"_target_": "arch.blocks.gla.GLA", **kwargs}`` (blocks,
+data modules) or by a dataclass schema (the model, the optimiser, the schedule). Both are checked
+here *before* anything is built, so a typo fails fast with one paragraph that names the key, the
+value and what would have been valid, instead of being silently dropped or failing deep inside
+``__init__``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import inspect
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, Literal, Union
+
+ALLOWED_TARGET_PREFIXES = ("arch.", "data.", "lightning.", "torch.")
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, mistyped or missing; the message says how to fix it."""
+
+
+def _suggest(key: str, valid: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(valid), n=1)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def check_type(value: Any, tp: Any) -> bool:
+    """True when ``value`` (a plain Python value from a composed config) fits annotation ``tp``.
+
+    Unknown or complex annotations are accepted: the check exists to catch typos such as a string
+    where an int belongs, not to re-implement a type system.
+    """
+    if tp is Any or tp is inspect.Parameter.empty:
+        return True
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return any(check_type(value, arg) for arg in typing.get_args(tp))
+    if origin is Literal:
+        return value in typing.get_args(tp)
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if origin in (list, tuple, typing.Sequence) or tp in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False
+        args = typing.get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(args) == len(value) and all(check_type(v, a) for v, a in zip(value, args))
+        return not args or all(check_type(v, args[0]) for v in value)
+    if origin in (dict, Mapping) or tp is dict:
+        return isinstance(value, Mapping)
+    return True
+
+
+def _describe_type(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    return _type_name(tp)
+
+
+def check_kwargs(where: str, kwargs: Mapping[str, Any], fields: Mapping[str, Any], owner: str) -> None:
+    """Raise ConfigError if ``kwargs`` has a key not in ``fields`` or a value of the wrong type.
+
+    ``fields`` maps each accepted name to its annotation; ``where`` is the config path shown to the
+    user (``model.blocks.attention``); ``owner`` names the class being configured.
+    """
+    for key, value in kwargs.items():
+        if key not in fields:
+            valid = ", ".join(sorted(fields)) or "(none)"
+            raise ConfigError(
+                f"Unknown config key '{where}.{key}' (value {value!r}) for {owner}.{_suggest(key, fields)} "
+                f"Valid keys: {valid}. Remove it or fix its spelling on the command line or in the YAML file."
+            )
+        if not check_type(value, fields[key]):
+            raise ConfigError(
+                f"Config key '{where}.{key}' has value {value!r} of type {type(value).__name__}, but {owner} "
+                f"expects {_describe_type(fields[key])}. Pass e.g. {where}.{key}=<{_describe_type(fields[key])}>."
+            )
+
+
+def signature_fields(cls: type) -> tuple[dict[str, Any], set[str], bool]:
+    """Accepted keyword names of ``cls.__init__`` with their annotations, the required ones, and
+    whether it takes ``**kwargs`` (then unknown keys cannot be detected)."""
+    sig = inspect.signature(cls.__init__)
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:
+        hints = {}
+    fields, required, var_kw = {}, set(), False
+    for name, p in list(sig.parameters.items())[1:]:
+        if p.kind is p.VAR_KEYWORD:
+            var_kw = True
+            continue
+        if p.kind is p.VAR_POSITIONAL:
+            continue
+        fields[name] = hints.get(name, Any)
+        if p.default is p.empty:
+            required.add(name)
+    return fields, required, var_kw
+
+
+def locate(target: str, where: str) -> type:
+    """Import the class named by ``_target_``, restricted to this project's and its libraries' modules."""
+    if not isinstance(target, str) or not target.startswith(ALLOWED_TARGET_PREFIXES):
+        raise ConfigError(
+            f"'{where}._target_' is {target!r}: only classes under {', '.join(ALLOWED_TARGET_PREFIXES)} may be "
+            f"built from a config. Point it at a class of this project, e.g. arch.blocks.attention.Attention."
+        )
+    module_name, _, attr = target.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"'{where}._target_' is {target!r}, which cannot be imported ({err}).") from err
+
+
+def instantiate(spec: Mapping[str, Any], where: str, **extra: Any) -> Any:
+    """Validate and build ``spec`` (a mapping with ``_target_``); ``extra`` are arguments the caller
+    supplies itself (such as ``d_model`` and ``layer_idx`` for a block) and may not appear in ``spec``."""
+    if not isinstance(spec, Mapping) or "_target_" not in spec:
+        raise ConfigError(f"'{where}' must be a mapping with a '_target_' key, got {spec!r}.")
+    cls = locate(spec["_target_"], where)
+    kwargs = {k: v for k, v in spec.items() if k != "_target_"}
+    fields, required, var_kw = signature_fields(cls)
+    clash = set(kwargs) & set(extra)
+    if clash:
+        raise ConfigError(
+            f"'{where}' sets {sorted(clash)}, which the model sets itself for every layer; remove them from the block config."
+        )
+    if not var_kw:
+        check_kwargs(where, kwargs, {k: v for k, v in fields.items() if k not in extra}, cls.__name__)
+    missing = required - set(kwargs) - set(extra)
+    if missing:
+        raise ConfigError(f"'{where}' is missing required key(s) {sorted(missing)} for {cls.__name__}.")
+    return cls(**kwargs, **extra)
+
+
+def from_mapping(schema: type, values: Mapping[str, Any], where: str) -> Any:
+    """Build the dataclass ``schema`` from ``values`` after checking keys and types."""
+    hints = typing.get_type_hints(schema)
+    fields = {f.name: hints[f.name] for f in dataclasses.fields(schema)}
+    check_kwargs(where, values, fields, schema.__name__)
+    missing = [
+        f.name
+        for f in dataclasses.fields(schema)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in values
+    ]
+    if missing:
+        raise ConfigError(f"'{where}' is missing required key(s) {missing} for {schema.__name__}.")
+    return schema(**values)

@@ -1,0 +1,1 @@
+"""Data: tokenizers, corpus sources, packed token caches, and DataModules (text and MQAR)."""

@@ -1,0 +1,70 @@
+import pytest
+import torch
+
+from arch.blocks.attention import Attention
+from arch.ops.attention import causal_attention
+from properties import assert_causal, assert_decode_matches_forward
+
+D = 32
+VARIANTS = {
+    "full": dict(n_heads=4),
+    "gqa": dict(n_heads=4, n_kv_heads=2),
+    "mqa": dict(n_heads=4, n_kv_heads=1),
+    "sliding_window": dict(n_heads=4, window=5),
+    "no_position": dict(n_heads=4, position="none"),
+    "window_gqa": dict(n_heads=4, n_kv_heads=2, window=1),
+}
+
+
+def make(variant: str) -> Attention:
+    return Attention(D, 0, **VARIANTS[variant]).double()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_attention_is_causal(variant):
+    assert_causal(make(variant), D)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_attention_decode_matches_forward(variant):
+    assert_decode_matches_forward(make(variant), D)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_attention_state_size_counts_the_kv_cache(variant):
+    block = make(variant)
+    kv, hd, w = block.n_kv_heads, block.head_dim, VARIANTS[variant].get("window")
+    for t in (1, 7, 100):
+        assert block.state_size(t) == 2 * kv * hd * (t if w is None else min(t, w))
+
+
+def naive_attention(q, k, v, window=None):
+    """Explicit softmax over the visible keys, one query at a time (the oracle)."""
+    b, t, h, d = q.shape
+    rep = h // k.shape[2]
+    k, v = k.repeat_interleave(rep, dim=2), v.repeat_interleave(rep, dim=2)
+    out = torch.zeros_like(q)
+    for i in range(t):
+        lo = 0 if window is None else max(0, i - window + 1)
+        s = torch.einsum("bhd,bshd->bhs", q[:, i], k[:, lo : i + 1]) / d**0.5
+        out[:, i] = torch.einsum("bhs,bshd->bhd", s.softmax(-1), v[:, lo : i + 1])
+    return out
+
+
+@pytest.mark.parametrize("window", [None, 1, 4])
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])
+def test_causal_attention_matches_explicit_softmax(window, kv_heads):
+    q = torch.randn(2, 9, 4, 8, dtype=torch.float64)
+    k, v = torch.randn(2, 2, 9, kv_heads, 8, dtype=torch.float64).unbind(1)
+    torch.testing.assert_close(causal_attention(q, k, v, window=window), naive_attention(q, k, v, window))
+
+
+def test_flash_backend_on_cpu_is_a_clear_error():
+    q = torch.randn(1, 4, 2, 8, dtype=torch.bfloat16)
+    with pytest.raises((RuntimeError, ValueError), match="flash_attn"):
+        causal_attention(q, q, q, backend="flash_attn")
+
+
+def test_gqa_needs_divisible_heads():
+    with pytest.raises(ValueError, match="multiple"):
+        Attention(D, 0, n_heads=4, n_kv_heads=3)

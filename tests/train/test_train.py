@@ -1,0 +1,80 @@
+import json
+import math
+
+import pytest
+import torch
+
+import train as train_module
+from conftest import scalars
+
+
+def test_short_training_run_lowers_validation_loss_and_writes_the_run_directory(tmp_path, run_tiny):
+    metrics = run_tiny(tmp_path, "trainer.max_steps=60", "trainer.val_check_interval=20", "optim.lr=3e-3")
+    val = scalars(tmp_path, "val/loss")
+    steps = sorted(val)
+    assert steps[0] <= 20 and steps[-1] == 60
+    assert val[steps[-1]] < val[steps[0]] - 0.3
+    assert val[steps[-1]] < math.log(257) - 1.5  # far below a uniform guess over bytes
+    assert (tmp_path / "checkpoints" / "last.ckpt").exists() and (tmp_path / "config.yaml").exists()
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["steps"] == 60 and saved["val/loss"] == pytest.approx(metrics["val/loss"])
+    assert saved["tokens"] == 60 * 4 * 32
+    assert saved["val/bits_per_byte"] > 0 and saved["unigram_entropy"] > saved["val/loss"] * 0.5
+    for tag in ("train/loss", "train/tokens", "train/flops", "train/lr", "train/grad_norm", "train/tokens_per_sec", "val/ppl", "params/total"):
+        assert scalars(tmp_path, tag), tag
+    tokens = scalars(tmp_path, "train/tokens")
+    assert tokens[60] == 60 * 4 * 32
+    lr = scalars(tmp_path, "train/lr")
+    assert lr[1] < lr[3] and lr[59] < lr[10]  # warmup then decay
+
+
+def test_resume_continues_the_step_count_and_reproduces_the_uninterrupted_losses(tmp_path, run_tiny):
+    common = ["trainer.max_steps=12", "trainer.val_check_interval=6", "callbacks.checkpoint_every_n_steps=3"]
+    whole = run_tiny(tmp_path / "whole", *common)
+    stopped = run_tiny(tmp_path / "split", *common, "callbacks.stop_after_steps=5")
+    assert stopped == {"stopped_at_step": 5}
+    assert torch.load(tmp_path / "split/checkpoints/last.ckpt", weights_only=False)["global_step"] == 5
+    resumed = run_tiny(tmp_path / "split", *common)
+    assert resumed["steps"] == 12
+    a, b = scalars(tmp_path / "whole", "train/loss"), scalars(tmp_path / "split", "train/loss")
+    assert sorted(a) == sorted(b) == list(range(1, 13))  # no step repeated or skipped
+    assert [a[s] for s in sorted(a)] == [b[s] for s in sorted(b)]  # bit-identical on CPU
+    assert resumed["val/loss"] == whole["val/loss"]
+    assert resumed["tokens"] == whole["tokens"]
+
+
+def test_non_finite_loss_stops_with_a_clear_error_and_keeps_checkpoints(tmp_path, run_tiny, monkeypatch):
+    run_tiny(tmp_path, "trainer.max_steps=4", "trainer.val_check_interval=4")
+    before = (tmp_path / "checkpoints" / "last.ckpt").read_bytes()
+    from arch.lm import LanguageModel
+
+    monkeypatch.setattr(LanguageModel, "loss", lambda self, ids, labels: self.hidden_states(ids).sum() * float("nan"))
+    with pytest.raises(train_module.TrainingDiverged, match="became nan at step 4.*Lower optim.lr"):
+        run_tiny(tmp_path, "trainer.max_steps=8", "trainer.val_check_interval=4")
+    assert (tmp_path / "checkpoints" / "last.ckpt").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "name,step,expected",
+    [("cosine", 0, 0.1), ("cosine", 9, 1.0), ("cosine", 100, 0.1), ("wsd", 50, 1.0), ("wsd", 79, 1.0), ("wsd", 100, 0.1), ("constant", 70, 1.0)],
+)
+def test_schedules(name, step, expected):
+    s = train_module.ScheduleConfig(name=name, warmup_steps=10, min_lr_ratio=0.1, cooldown_fraction=0.2)
+    assert train_module.lr_factor(step, 100, s) == pytest.approx(expected)
+
+
+def test_wsd_cooldown_follows_one_minus_sqrt():
+    s = train_module.ScheduleConfig(name="wsd", warmup_steps=0, min_lr_ratio=0.0, cooldown_fraction=0.2)
+    assert train_module.lr_factor(90, 100, s) == pytest.approx(1 - math.sqrt(0.5))
+
+
+def test_no_weight_decay_on_norms_biases_and_embeddings(tmp_path):
+    task = train_module.build_task(
+        {"d_model": 16, "n_layers": 1, "blocks": {"attention": {"_target_": "arch.blocks.attention.Attention", "n_heads": 2, "bias": True}, "swiglu": {"_target_": "arch.blocks.mlp.SwiGLU"}}},
+        {}, {}, vocab_size=20, max_steps=10,
+    )
+    opt = task.configure_optimizers()["optimizer"]
+    decayed = {id(p) for p in opt.param_groups[0]["params"]}
+    names = {n for n, p in task.model.named_parameters() if id(p) in decayed}
+    assert names and all(n.endswith("weight") and "norm" not in n and "embedding" not in n for n in names)
+    assert "layers.0.mixer.q_proj.bias" not in names and "layers.0.mixer.q_proj.weight" in names
