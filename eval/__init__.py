@@ -1,0 +1,1 @@
+"""mixerlab evaluators: read run directories, write tables and plots (`python -m eval.<name>`)."""
