@@ -1,0 +1,395 @@
+"""Linear recurrences with input-dependent transitions: diagonal scans (RG-LRU, H3, Mamba's S6) and RWKV-7.
+
+Three ops, each with a token-by-token `*_naive` oracle beside the fast pure-PyTorch form:
+
+- `diagonal_recurrence`: h_t = exp(log_a_t) * h_{t-1} + b_t (elementwise), the one diagonal scan of
+  the project (Griffin/Hawk RG-LRU, De et al. 2024; H3's diagonal SSM, Fu et al. 2023).
+- `selective_scan`: Mamba's S6 (Gu & Dao 2023), x_t = exp(delta_t A) x_{t-1} + delta_t B_t u_t,
+  y_t = C_t x_t + D u_t, on the same chunked engine; fused `mamba_ssm` kernel on CUDA.
+- `rwkv7`: RWKV-7's diagonal-plus-low-rank state update (Peng et al. 2025, "RWKV-7 Goose"),
+  S_t = S_{t-1} (diag(w_t) + a_t b_t^T) + v_t k_t^T, in a chunked (WY-style) form.
+
+All accumulate in float32 (float64 for float64 inputs) and only ever exponentiate non-positive
+numbers (products of decays <= 1), so log-decays of -20 per step are as safe as -0.01.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from arch.ops.backend import use_kernel
+
+_LOG2E = math.log2(math.e)  # exp(x) = exp2(x * log2 e); exp2 is ~2.5x faster than exp on CPU
+
+
+def _accumulation_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _to_chunks(x: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """[B, T, F] -> [B, n, C, F], zero-padded to n*C tokens (a view when C divides T)."""
+    batch, length, features = x.shape
+    n_chunks = -(-length // chunk_size)
+    return F.pad(x, (0, 0, 0, n_chunks * chunk_size - length)).view(batch, n_chunks, chunk_size, features)
+
+
+def _from_chunks(x: torch.Tensor, length: int) -> torch.Tensor:
+    """[B, n, C, F] -> [B, T, F], dropping the padding."""
+    return x.flatten(1, 2)[:, :length]
+
+
+class _StructuredDiagonalScan(torch.autograd.Function):
+    """h_t = exp(delta_t ⊗ A) ⊙ h_{t-1} + x_t ⊗ k_t,  y_t = h_t c_t  (h_t in R^{D x N}).
+
+    delta, x [B, T, D]; A [D, N]; k, c [B, T, N]; h0 [B, D, N] -> y [B, T, D], h_T [B, D, N].
+    Mamba's S6 is (delta, A, delta*u, B, C). A, k and c all None is the plain diagonal recurrence
+    (N = 1, delta = log a, y = h).
+
+    Two-level chunked scan (chunks of C tokens, n = T/C chunks): every loop runs over chunk positions
+    or over chunks, each step vectorised across the other axis; decays and inputs are formed per step
+    (never as [B, T, D, N] tensors); the only trajectory-sized tensor is the saved h, and the backward
+    is the adjoint scan run in reverse rather than autograd through 2*sqrt(T) small steps:
+      1. inside all chunks at once, from a zero state: the chunk-local end states;
+      2. across chunks: S_{j+1} = exp(A * sum_{t in j} delta_t) ⊙ S_j + local_end_j;
+      3. inside all chunks again, from S_j: every h_t and y_t.
+    Backward: g_t = dL/dh_t = exp(delta_{t+1} A) ⊙ g_{t+1} + dy_t c_t^T by the same three steps in
+    reverse; dL/d(delta_t A) = g_t ⊙ exp(delta_t A) ⊙ h_{t-1}.
+    Internally states are laid out [N, D] so that every contraction is a row vector times a matrix,
+    the fast batched-matmul case on CPU.
+    """
+
+    @staticmethod
+    def forward(ctx, delta, A, x, k, c, h0, chunk_size):
+        batch, length, dim = delta.shape
+        chunk_size = min(chunk_size, length)
+        deltas, xs = _to_chunks(delta, chunk_size), _to_chunks(x, chunk_size)
+        ks, cs = (None if t is None else _to_chunks(t, chunk_size) for t in (k, c))
+        n_chunks = deltas.shape[1]
+        A2 = _LOG2E if A is None else A.t() * _LOG2E  # [N, D]
+        decay = delta.new_empty(batch, n_chunks, 1 if A is None else A.shape[1], dim)
+
+        def decay_at(position: int) -> torch.Tensor:
+            torch.mul(deltas[:, :, position].unsqueeze(-2), A2, out=decay)
+            return decay.exp2_()
+
+        def add_input(state: torch.Tensor, position: int) -> torch.Tensor:
+            if ks is None:
+                return state.add_(xs[:, :, position].unsqueeze(-2))
+            return state.addcmul_(ks[:, :, position].unsqueeze(-1), xs[:, :, position].unsqueeze(-2))
+
+        local = torch.zeros_like(decay)
+        for position in range(chunk_size):
+            add_input(local.mul_(decay_at(position)), position)
+
+        chunk_decay = torch.exp2(deltas.sum(2).unsqueeze(-2) * A2)  # [B, n, N, D]
+        starts = delta.new_empty(batch, n_chunks + 1, *decay.shape[2:])  # entering chunk j; [:, n] = h_T
+        starts[:, 0] = h0.transpose(-1, -2)
+        for j in range(n_chunks):
+            torch.addcmul(local[:, j], chunk_decay[:, j], starts[:, j], out=starts[:, j + 1])
+
+        hs = delta.new_empty(batch, n_chunks, chunk_size, *decay.shape[2:])
+        previous = starts[:, :n_chunks]
+        for position in range(chunk_size):
+            add_input(torch.mul(previous, decay_at(position), out=hs[:, :, position]), position)
+            previous = hs[:, :, position]
+        y = hs.squeeze(-2) if cs is None else torch.matmul(cs.unsqueeze(-2), hs).squeeze(-2)
+
+        ctx.save_for_backward(deltas, A, xs, ks, cs, hs, starts, chunk_decay)
+        ctx.length = length
+        return _from_chunks(y, length), starts[:, n_chunks].transpose(-1, -2).contiguous()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, dh_final):
+        deltas, A, xs, ks, cs, hs, starts, chunk_decay = ctx.saved_tensors
+        need_delta, need_A, need_x, need_k, need_c, need_h0, _ = ctx.needs_input_grad
+        chunk_size, n_chunks = deltas.shape[2], deltas.shape[1]
+        dys = _to_chunks(dy, chunk_size)
+        A_t = None if A is None else A.t()
+        A2 = _LOG2E if A is None else A_t * _LOG2E
+        decay = torch.empty_like(starts[:, :n_chunks])
+
+        def decay_at(position: int) -> torch.Tensor:
+            torch.mul(deltas[:, :, position].unsqueeze(-2), A2, out=decay)
+            return decay.exp2_()
+
+        def add_output_grad(adjoint: torch.Tensor, position: int) -> torch.Tensor:
+            if cs is None:
+                return adjoint.add_(dys[:, :, position].unsqueeze(-2))
+            return adjoint.addcmul_(cs[:, :, position].unsqueeze(-1), dys[:, :, position].unsqueeze(-2))
+
+        # 1. chunk-local adjoint of the state entering each chunk, from the chunk's own outputs
+        local = torch.zeros_like(decay)
+        for position in reversed(range(chunk_size)):
+            add_output_grad(local, position).mul_(decay_at(position))
+
+        # 2. adjoint of each chunk's last state from everything after it
+        ends = torch.empty_like(decay)
+        carry = dh_final.transpose(-1, -2).contiguous()
+        for j in reversed(range(n_chunks)):
+            ends[:, j] = carry
+            carry = torch.addcmul(local[:, j], chunk_decay[:, j], carry)
+
+        # 3. exact adjoint at every position, and the gradients it induces
+        grad = ends
+        d_delta = torch.empty_like(deltas) if need_delta else None
+        d_x = torch.empty_like(xs) if need_x else None
+        d_k = torch.empty_like(ks) if need_k else None
+        d_c = torch.matmul(dys.unsqueeze(-2), hs.transpose(-1, -2)).squeeze(-2) if need_c else None
+        d_A = torch.zeros_like(decay) if need_A else None
+        d_log_decay = torch.empty_like(decay)
+        for position in reversed(range(chunk_size)):
+            add_output_grad(grad, position)
+            if need_x:
+                d_x[:, :, position] = grad.squeeze(-2) if ks is None else (ks[:, :, position].unsqueeze(-2) @ grad).squeeze(-2)
+            if need_k:
+                d_k[:, :, position] = (xs[:, :, position].unsqueeze(-2) @ grad.transpose(-1, -2)).squeeze(-2)
+            grad.mul_(decay_at(position))  # now the part of dL/dh_{t-1} that flows through h_t
+            previous = hs[:, :, position - 1] if position > 0 else starts[:, :n_chunks]
+            if A is None:  # delta is log a itself: dL/dlog a_t = g_t ⊙ a_t ⊙ h_{t-1}
+                if need_delta:
+                    torch.mul(grad, previous, out=d_delta[:, :, position].unsqueeze(-2))
+                continue
+            torch.mul(grad, previous, out=d_log_decay)
+            if need_A:
+                d_A.addcmul_(d_log_decay, deltas[:, :, position].unsqueeze(-2))
+            if need_delta:
+                torch.sum(d_log_decay.mul_(A_t), dim=-2, out=d_delta[:, :, position])
+
+        length = ctx.length
+        return (
+            _from_chunks(d_delta, length) if need_delta else None,
+            d_A.sum((0, 1)).t() if need_A else None,
+            _from_chunks(d_x, length) if need_x else None,
+            _from_chunks(d_k, length) if need_k else None,
+            _from_chunks(d_c, length) if need_c else None,
+            carry.transpose(-1, -2) if need_h0 else None,
+            None,
+        )
+
+
+def diagonal_recurrence(
+    log_a: torch.Tensor,
+    b: torch.Tensor,
+    *,
+    initial_state: torch.Tensor | None = None,
+    chunk_size: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Diagonal linear recurrence h_t = exp(log_a_t) * h_{t-1} + b_t (elementwise), chunked.
+
+    Shapes: log_a, b [B, T, *F] (any feature shape, e.g. [B, T, D] or [B, T, H, D]), log_a <= 0;
+    initial_state [B, *F] or None (zeros). Returns h [B, T, *F] in b's dtype and the final state
+    [B, *F] in float32 (float64 for float64 inputs), the state a decode step continues from.
+
+    The shared scan of the diagonal RNNs: Griffin/Hawk's RG-LRU (De et al. 2024, log a_t =
+    -8 gate_a softplus(Lambda), b_t = sqrt(1 - a_t^2) gate_x x_t), H3's diagonal SSM (Fu et al. 2023).
+    Pure PyTorch, two-level chunked scan with a reverse-scan backward (see `_StructuredDiagonalScan`):
+    Python loops of chunk_size + T/chunk_size steps, memory O(T) (h itself plus one state per chunk).
+    """
+    acc = _accumulation_dtype(b)
+    batch, length, *features = b.shape
+    h0 = b.new_zeros(batch, math.prod(features), dtype=acc) if initial_state is None else initial_state.to(acc)
+    h, final = _StructuredDiagonalScan.apply(
+        log_a.to(acc).flatten(2), None, b.to(acc).flatten(2), None, None, h0.reshape(batch, -1, 1), chunk_size
+    )
+    return h.reshape(b.shape).to(b.dtype), final.reshape(batch, *features)
+
+
+def diagonal_recurrence_naive(
+    log_a: torch.Tensor,
+    b: torch.Tensor,
+    *,
+    initial_state: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-by-token oracle of `diagonal_recurrence` (same shapes and dtypes)."""
+    acc = _accumulation_dtype(b)
+    h = b.new_zeros(b.shape[:1] + b.shape[2:], dtype=acc) if initial_state is None else initial_state.to(acc)
+    outputs = []
+    for log_a_t, b_t in zip(log_a.to(acc).unbind(1), b.to(acc).unbind(1)):
+        h = torch.exp(log_a_t) * h + b_t
+        outputs.append(h)
+    return torch.stack(outputs, 1).to(b.dtype), h
+
+
+def _selective_scan_mamba_ssm(u, delta, A, B, C, D, z):
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+    def channels_first(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.transpose(1, 2).contiguous()
+
+    y, final = selective_scan_fn(
+        channels_first(u), channels_first(delta), A.float(), channels_first(B), channels_first(C),
+        None if D is None else D.float(), channels_first(z), delta_softplus=False, return_last_state=True,
+    )
+    return y.transpose(1, 2), final
+
+
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    *,
+    initial_state: torch.Tensor | None = None,
+    backend: str = "auto",
+    chunk_size: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mamba's selective scan (S6; Gu & Dao 2023, "Mamba: Linear-Time Sequence Modeling with Selective
+    State Spaces", Alg. 2), per channel d and state index n:
+
+        x_t = exp(delta_t A) x_{t-1} + delta_t B_t u_t,    y_t = C_t x_t + D u_t,    y_t *= silu(z_t)
+
+    Shapes: u, delta [B, T, Din] (delta already positive, e.g. softplus(W x + bias)); A [Din, N]
+    (negative); B, C [B, T, N]; D [Din] or None; z [B, T, Din] or None; initial_state [B, Din, N] or
+    None. Returns y [B, T, Din] in u's dtype and the final state [B, Din, N] (float32, float64 for
+    float64 inputs).
+
+    backend: "auto" uses `mamba_ssm`'s fused CUDA kernel (selective_scan_fn, layout [B, Din, T]) when
+    it imports and the tensors are on CUDA, unless an initial state or float64 is given (the kernel
+    takes neither), in which case the pure-PyTorch scan runs; "mamba_ssm" insists on the kernel;
+    "torch" never uses it. The PyTorch form is the chunked diagonal scan of `diagonal_recurrence` with
+    log a = delta ⊗ A and b = (delta u) ⊗ B, whose per-step decays and inputs are formed inside the
+    scan rather than materialised as [B, T, Din, N] tensors.
+    """
+    if use_kernel(backend, "mamba_ssm", "mamba_ssm", u, delta, A, B, C, D, z, initial_state):
+        if initial_state is None and u.dtype != torch.float64:
+            return _selective_scan_mamba_ssm(u, delta, A, B, C, D, z)
+        if backend != "auto":
+            raise ValueError("backend='mamba_ssm' takes neither initial_state nor float64; use backend='torch'")
+    acc = _accumulation_dtype(u)
+    u32, delta32 = u.to(acc), delta.to(acc)
+    h0 = u32.new_zeros(u.shape[0], *A.shape) if initial_state is None else initial_state.to(acc)
+    y, final = _StructuredDiagonalScan.apply(
+        delta32, A.to(acc), delta32 * u32, B.to(acc), C.to(acc), h0, chunk_size
+    )
+    return _skip_and_gate(y, u32, D, z).to(u.dtype), final
+
+
+def _skip_and_gate(y: torch.Tensor, u: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None) -> torch.Tensor:
+    if D is not None:
+        y = y + u * D.to(y.dtype)
+    if z is not None:
+        y = y * F.silu(z.to(y.dtype))
+    return y
+
+
+def selective_scan_naive(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    *,
+    initial_state: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-by-token oracle of `selective_scan` (same shapes and dtypes; PyTorch only)."""
+    acc = _accumulation_dtype(u)
+    u32, delta32, A32 = u.to(acc), delta.to(acc), A.to(acc)
+    x = u32.new_zeros(u.shape[0], *A.shape) if initial_state is None else initial_state.to(acc)
+    outputs = []
+    for u_t, delta_t, B_t, C_t in zip(u32.unbind(1), delta32.unbind(1), B.to(acc).unbind(1), C.to(acc).unbind(1)):
+        x = torch.exp(delta_t[:, :, None] * A32) * x + (delta_t * u_t)[:, :, None] * B_t[:, None, :]
+        outputs.append((x @ C_t[:, :, None]).squeeze(-1))
+    return _skip_and_gate(torch.stack(outputs, 1), u32, D, z).to(u.dtype), x
+
+
+def rwkv7(
+    r: torch.Tensor,
+    log_decay: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    *,
+    initial_state: torch.Tensor | None = None,
+    chunk_size: int = 16,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """RWKV-7's state update (Peng et al. 2025, "RWKV-7 'Goose' with Expressive Dynamic State
+    Evolution"), per head with state S in R^{Dv x Dk}:
+
+        S_t = S_{t-1} (diag(exp(log_decay_t)) + a_t b_t^T) + v_t k_t^T,        o_t = S_t r_t
+
+    Shapes: r, log_decay, k, a, b [B, T, H, Dk] (log_decay <= 0; the RWKV-7 layer uses
+    log_decay = -exp(w) and a = -kk, b = kk * sigmoid(.), kk the L2-normalised key); v [B, T, H, Dv];
+    initial_state [B, H, Dv, Dk] or None. Returns o [B, T, H, Dv] in v's dtype and the final state
+    [B, H, Dv, Dk] in float32 (float64 for float64 inputs).
+
+    Chunked form, pure PyTorch (no fused kernel is dispatched: fla's chunk_rwkv7 parametrises the
+    decay differently and is not verified here). Inside a chunk with entering state S_0 and inclusive
+    cumulative log-decay G_t, the low-rank term e_t = S_{t-1} a_t is the only unknown; it solves the
+    unit lower-triangular system
+        e_t = S_0 (exp(G_{t-1}) ⊙ a_t) + sum_{s<t} [e_s b_s^T + v_s k_s^T] (exp(G_{t-1} - G_s) ⊙ a_t),
+    after which o_t = S_0 (exp(G_t) ⊙ r_t) + sum_{s<=t} [e_s b_s^T + v_s k_s^T] (exp(G_t - G_s) ⊙ r_t)
+    and the chunk's last state follow by matmuls. Every exponent is a non-positive decay sum; the
+    Python loop runs over chunks only.
+    """
+    acc = _accumulation_dtype(v)
+    batch, length, heads, dk = k.shape
+    dv = v.shape[-1]
+    chunk_size = min(chunk_size, length)
+    n_chunks = -(-length // chunk_size)
+
+    def chunked(t: torch.Tensor) -> torch.Tensor:  # [B, T, H, F] -> [B, H, n, C, F]
+        t = F.pad(t.to(acc), (0, 0, 0, 0, 0, n_chunks * chunk_size - length))
+        return t.view(batch, n_chunks, chunk_size, heads, -1).permute(0, 3, 1, 2, 4)
+
+    r_, w_, k_, v_, a_, b_ = (chunked(t) for t in (r, log_decay, k, v, a, b))
+    G = w_.cumsum(-2)  # inclusive cumulative log-decay within each chunk, <= 0
+    G_excl = G - w_
+    causal = torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=k.device).tril()
+    # upto[t, s] = exp(G_t - G_s) for s <= t; the strictly causal exp(G_{t-1} - G_s) is its shift by one row
+    upto = torch.exp(torch.where(causal[..., None], G.unsqueeze(-2) - G.unsqueeze(-3), float("-inf")))
+    before = F.pad(upto[..., :-1, :, :], (0, 0, 0, 0, 1, 0))
+    keys = torch.stack([b_, k_], -3)  # [B, H, n, 2, C, Dk]
+    a_b, a_k = torch.einsum("...ti,...tsi,...jsi->...jts", a_, before, keys).unbind(-3)
+    r_b, r_k = torch.einsum("...ti,...tsi,...jsi->...jts", r_, upto, keys).unbind(-3)
+    system = torch.eye(chunk_size, dtype=acc, device=k.device) - a_b
+    # e = W S_0^T + U, chunk by chunk once S_0 is known
+    W = torch.linalg.solve_triangular(system, a_ * torch.exp(G_excl), upper=False, unitriangular=True)
+    U = torch.linalg.solve_triangular(system, a_k @ v_, upper=False, unitriangular=True)
+    to_end = torch.exp(G[..., -1:, :] - G)  # [B, H, n, C, Dk]
+    b_end, chunk_decay = b_ * to_end, torch.exp(G[..., -1, :])
+    kv_end = v_.transpose(-1, -2) @ (k_ * to_end)  # [B, H, n, Dv, Dk]
+
+    state = r_.new_zeros(batch, heads, dv, dk) if initial_state is None else initial_state.to(acc)
+    starts, lowrank = [], []
+    for j in range(n_chunks):
+        starts.append(state)
+        e = torch.baddbmm(U[:, :, j].flatten(0, 1), W[:, :, j].flatten(0, 1), state.flatten(0, 1).transpose(-1, -2))
+        e = e.view(batch, heads, chunk_size, dv)
+        lowrank.append(e)
+        state = state * chunk_decay[:, :, j, None, :] + e.transpose(-1, -2) @ b_end[:, :, j] + kv_end[:, :, j]
+    S0, E = torch.stack(starts, 2), torch.stack(lowrank, 2)
+    o = (r_ * torch.exp(G)) @ S0.transpose(-1, -2) + r_b @ E + r_k @ v_
+    o = o.permute(0, 2, 3, 1, 4).reshape(batch, n_chunks * chunk_size, heads, dv)[:, :length]
+    return o.to(v.dtype), state
+
+
+def rwkv7_naive(
+    r: torch.Tensor,
+    log_decay: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    *,
+    initial_state: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-by-token oracle of `rwkv7` (same shapes and dtypes)."""
+    acc = _accumulation_dtype(v)
+    batch, _, heads, dk = k.shape
+    S = v.new_zeros(batch, heads, v.shape[-1], dk, dtype=acc) if initial_state is None else initial_state.to(acc)
+    outputs = []
+    for r_t, w_t, k_t, v_t, a_t, b_t in zip(*(t.to(acc).unbind(1) for t in (r, log_decay, k, v, a, b))):
+        S = S * torch.exp(w_t)[..., None, :] + (S @ a_t[..., None]) * b_t[..., None, :] + v_t[..., None] * k_t[..., None, :]
+        outputs.append((S @ r_t[..., None]).squeeze(-1))
+    return torch.stack(outputs, 1).to(v.dtype), S
