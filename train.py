@@ -261,6 +261,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     callbacks_cfg = from_mapping(CallbacksConfig, run.callbacks, "callbacks")
     from_mapping(OptimConfig, run.optim, "optim")
     from_mapping(ScheduleConfig, run.schedule, "schedule")
+    finished = _finished_metrics(run_dir, run.trainer.get("max_steps"))
+    if finished is not None:  # a grid re-run skips the cells that are already done
+        print(f"Run {run_dir} already finished {finished['steps']} steps; skipping (delete its metrics.json to retrain).")
+        return finished
 
     pl = _lightning()
     from data.checkpoint import AtomicCheckpointIO
@@ -355,6 +359,18 @@ def _report(metrics: dict, run_dir: Path) -> None:
     lines.append(f"Run directory: {run_dir}")
     lines.append(f"View the curves: tensorboard --logdir {run_dir}")
     print("\n".join(lines), flush=True)
+
+
+def _finished_metrics(run_dir: Path, max_steps: Any) -> dict | None:
+    """The metrics of a run in ``run_dir`` that already trained ``max_steps`` steps, else None."""
+    path = run_dir / "metrics.json"
+    if not path.exists():
+        return None
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return metrics if metrics.get("steps") == max_steps else None
 
 
 def _fresh(run_dir: Path) -> bool:

@@ -85,8 +85,22 @@ def generate_mqar(
     return inputs, labels
 
 
+def parse_slice(name: str) -> tuple[int, int]:
+    """'L64_K4' -> (64, 4)."""
+    import re
+
+    match = re.fullmatch(r"L(\d+)_K(\d+)", name)
+    if not match:
+        raise ConfigError(f"data.slice={name!r} is not of the form 'L<seq_len>_K<kv_pairs>', e.g. 'L64_K4'.")
+    return int(match[1]), int(match[2])
+
+
 class MQARDataModule(pl.LightningDataModule):
     """Train on a mixture of (L, K) slices, validate on each test slice separately.
+
+    ``slice='L128_K8'`` is shorthand for one training and one test slice of that setting (with
+    ``num_train_examples`` / ``num_test_examples``): a single scalar, so a Hydra sweep can range
+    over (L, K) pairs (``data.slice=L64_K4,L128_K8``).
 
     Training examples are padded to the longest training L with filler 0 and label -100.
     Test slices are generated from a different seed than training, so they are fresh examples.
@@ -99,6 +113,9 @@ class MQARDataModule(pl.LightningDataModule):
         vocab_size: int = 8192,
         train_slices: list[Any] | None = None,
         test_slices: list[Any] | None = None,
+        slice: str | None = None,
+        num_train_examples: int = 100_000,
+        num_test_examples: int = 3_000,
         power_a: float = 0.01,
         random_non_queries: bool = False,
         batch_size: int = 64,
@@ -107,6 +124,12 @@ class MQARDataModule(pl.LightningDataModule):
         seed: int = 0,
     ):
         super().__init__()
+        if slice is not None:
+            if train_slices or test_slices:
+                raise ConfigError("data.slice and data.train_slices/test_slices both set: use one (slice='L64_K4' trains and tests on that one setting).")
+            seq_len, num_kv_pairs = parse_slice(slice)
+            train_slices = [{"seq_len": seq_len, "num_kv_pairs": num_kv_pairs, "num_examples": num_train_examples}]
+            test_slices = [{"seq_len": seq_len, "num_kv_pairs": num_kv_pairs, "num_examples": num_test_examples}]
         train_slices = train_slices or [{"seq_len": 64, "num_kv_pairs": 4, "num_examples": 100_000}]
         test_slices = test_slices or [{"seq_len": 64, "num_kv_pairs": 4, "num_examples": 1_000}]
         self.train_slices = [from_mapping(MQARSlice, dict(s), f"data.train_slices[{i}]") for i, s in enumerate(train_slices)]

@@ -61,3 +61,20 @@ def test_model_schema_yaml_lists_every_model_config_field_with_its_default():
     yaml = OmegaConf.to_container(OmegaConf.load(CONF / "schema" / "model.yaml"))
     defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory() for f in dataclasses.fields(ModelConfig)}
     assert yaml == defaults
+
+
+@pytest.mark.parametrize("preset", MODELS)
+def test_model_preset_trains_a_few_steps_with_decreasing_loss(preset):
+    values = compose_values([f"model={preset}"])
+    torch.manual_seed(0)
+    model = LanguageModel.from_config(values["model"], vocab_size=64)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    ids = torch.randint(0, 64, (4, 64))
+    losses = []
+    for _ in range(12):
+        loss = model.loss(ids[:, :-1], ids[:, 1:])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.5, losses

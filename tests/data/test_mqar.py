@@ -97,3 +97,11 @@ def test_invalid_slices_are_config_errors(l, k):
 def test_unknown_slice_key_is_a_config_error():
     with pytest.raises(ConfigError, match="num_kv_pair"):
         MQARDataModule(vocab_size=V, train_slices=[{"seq_len": 64, "num_kv_pair": 4, "num_examples": 10}])
+
+
+def test_slice_shorthand_makes_one_train_and_one_test_slice():
+    dm = MQARDataModule(vocab_size=V, slice="L32_K2", num_train_examples=100, num_test_examples=10)
+    assert [(s.seq_len, s.num_kv_pairs, s.num_examples) for s in dm.train_slices] == [(32, 2, 100)]
+    assert dm.val_slices == ["L32_K2"]
+    with pytest.raises(ConfigError, match="form 'L<seq_len>_K<kv_pairs>'"):
+        MQARDataModule(vocab_size=V, slice="64x4")
