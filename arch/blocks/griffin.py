@@ -1,0 +1,126 @@
+"""Griffin / Hawk recurrent block with the RG-LRU (De et al. 2024, "Griffin: Mixing Gated Linear
+Recurrences with Local Attention for Efficient Language Models").
+
+    out = out_proj(gelu(W_y x) * RG-LRU(Conv1D_k(W_x x)))
+
+RG-LRU, per channel (gates block-diagonal over n_heads blocks):
+
+    r_t = sigmoid(BlockDiag_a(x_t)),   i_t = sigmoid(BlockDiag_x(x_t))
+    log a_t = -c * r_t * softplus(Lambda)                     (c = 8)
+    h_t = a_t * h_{t-1} + sqrt(1 - a_t^2) * (i_t * x_t)
+
+The base decay a = exp(-softplus(Lambda)) is initialised uniform in a^2 in [min_rad^2, max_rad^2]
+([0.9, 0.999] in a), so a_t = a^(c r_t). The derivative of sqrt(1 - a_t^2) is clipped at 1000 (it
+diverges as a_t -> 1). Decode state: the conv's last k-1 inputs [B, d_rnn, k-1] and h [B, d_rnn].
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from arch.ops.scan import diagonal_recurrence
+from arch.ops.short_conv import causal_conv1d
+
+
+class _SqrtBoundedDerivative(torch.autograd.Function):
+    """sqrt(x) whose derivative 1 / (2 sqrt(x)) = 1 / sqrt(4x) is capped at ``max_grad``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, max_grad: float) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        ctx.max_grad = max_grad
+        return torch.sqrt(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        return grad * torch.rsqrt(torch.clamp(4 * x, min=ctx.max_grad**-2)), None
+
+
+def sqrt_bounded_derivative(x: torch.Tensor, max_grad: float = 1000.0) -> torch.Tensor:
+    """sqrt(x) with its derivative clipped at ``max_grad`` (Griffin's stabilised RG-LRU normaliser)."""
+    return _SqrtBoundedDerivative.apply(x, max_grad)
+
+
+class RGLRUBlock(nn.Module):
+    """Griffin's recurrent block (module docstring). d_rnn defaults to d_model (RecurrentGemma's
+    lru_width); the gates are block-diagonal with ``n_heads`` blocks of d_rnn / n_heads."""
+
+    def __init__(
+        self,
+        d_model: int,
+        layer_idx: int = 0,
+        d_rnn: int | None = None,
+        n_heads: int = 4,
+        d_conv: int = 4,
+        c: float = 8.0,
+        min_rad: float = 0.9,
+        max_rad: float = 0.999,
+        max_sqrt_grad: float = 1000.0,
+        backend: str = "auto",
+    ):
+        super().__init__()
+        self.d_rnn = d_rnn or d_model
+        if self.d_rnn % n_heads:
+            raise ValueError(f"d_rnn={self.d_rnn} must be a multiple of n_heads={n_heads}")
+        self.n_heads, self.head_dim, self.d_conv = n_heads, self.d_rnn // n_heads, d_conv
+        self.c, self.min_rad, self.max_rad, self.max_sqrt_grad, self.backend = c, min_rad, max_rad, max_sqrt_grad, backend
+        self.y_proj = nn.Linear(d_model, self.d_rnn)
+        self.x_proj = nn.Linear(d_model, self.d_rnn)
+        self.conv_weight = nn.Parameter(torch.empty(self.d_rnn, d_conv))
+        self.conv_bias = nn.Parameter(torch.empty(self.d_rnn))
+        # the input and recurrence gates' block-diagonal weights, stacked: [2, H, head_dim, head_dim]
+        self.gate_weight = nn.Parameter(torch.empty(2, n_heads, self.head_dim, self.head_dim))
+        self.gate_bias = nn.Parameter(torch.empty(2, n_heads, self.head_dim))
+        self.Lambda = nn.Parameter(torch.empty(self.d_rnn))
+        self.out_proj = nn.Linear(self.d_rnn, d_model)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        bound = 1 / math.sqrt(self.d_conv)
+        nn.init.uniform_(self.conv_weight, -bound, bound)
+        nn.init.zeros_(self.conv_bias)
+        nn.init.normal_(self.gate_weight, std=self.head_dim**-0.5)
+        nn.init.zeros_(self.gate_bias)
+        a_squared = torch.empty(self.d_rnn).uniform_(self.min_rad**2, self.max_rad**2)
+        neg_log_a = -0.5 * torch.log(a_squared)  # softplus(Lambda) = -log a
+        self.Lambda.copy_(neg_log_a + torch.log(-torch.expm1(-neg_log_a)))  # softplus^-1
+
+    def base_decay(self) -> torch.Tensor:
+        """a = exp(-softplus(Lambda)) [d_rnn]: the decay at recurrence gate r_t = 1/c."""
+        return torch.exp(-F.softplus(self.Lambda))
+
+    def _rg_lru(self, x: torch.Tensor, h0: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        xh = x.unflatten(-1, (self.n_heads, self.head_dim))
+        gate_x, gate_a = torch.sigmoid(torch.einsum("bthi,ghij->gbthj", xh, self.gate_weight) + self.gate_bias[:, None, None]).flatten(-2).unbind(0)
+        log_a = -self.c * gate_a * F.softplus(self.Lambda)
+        multiplier = sqrt_bounded_derivative(-torch.expm1(2 * log_a), self.max_sqrt_grad)  # sqrt(1 - a^2)
+        return diagonal_recurrence(log_a, multiplier * gate_x * x, initial_state=h0)
+
+    def _mix(self, x: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict]:
+        u, conv_state = causal_conv1d(
+            self.x_proj(x), self.conv_weight, self.conv_bias,
+            initial_state=None if state is None else state["conv"], backend=self.backend,
+        )
+        h, rnn_state = self._rg_lru(u, None if state is None else state["h"])
+        return self.out_proj(F.gelu(self.y_proj(x)) * h), {"conv": conv_state, "h": rnn_state}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._mix(x, None)[0]
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> dict:
+        return {
+            "conv": torch.zeros(batch_size, self.d_rnn, self.d_conv - 1, device=device, dtype=dtype),
+            "h": torch.zeros(batch_size, self.d_rnn, device=device, dtype=dtype),
+        }
+
+    def step(self, x: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
+        return self._mix(x, state)
+
+    def state_size(self, seq_len: int) -> int:
+        return self.d_rnn * self.d_conv

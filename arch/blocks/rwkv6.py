@@ -1,0 +1,170 @@
+"""RWKV-6 "Finch" (Peng et al. 2024, "Eagle and Finch: RWKV with Matrix-Valued States and Dynamic
+Recurrence"): time mixing and channel mixing.
+
+Time mixing, with token shift dx_t = x_{t-1} - x_t and data-dependent interpolation (ddlerp):
+
+    m_* = mu_* + lora_*(x_t + dx_t * mu_x),   lora_*(y) = tanh(y A) B_*      (* in w, k, v, r, g)
+    x_* = x_t + dx_t * m_*
+    r, k, v, g = W_r x_r, W_k x_k, W_v x_v, W_g x_g                        (heads of head_dim)
+    w_t = -exp(w0 + tanh(x_w A_w) B_w)                                     (log-decay, per channel)
+    o_t = r_t (S_{t-1} + diag(u) k_t^T v_t),   S_t = diag(exp(w_t)) S_{t-1} + k_t^T v_t
+    out = out_proj(GroupNorm_per_head(o) * silu(g))
+
+Channel mixing (squared-ReLU, token shifted):
+
+    k = relu(W_k (x_t + dx_t * mu_k))^2,   out = sigmoid(W_r (x_t + dx_t * mu_r)) * out_proj(k)
+
+How the two fit the layer: RWKV's block is x + TimeMix(LN(x)), then x + ChannelMix(LN(x)) — exactly
+two of our pre-norm residual layers with no MLP sublayer. Because the channel mix reads the previous
+token it is a sequence mixer with a decode state (the last token), not a position-wise MLP, so both
+are blocks and a preset alternates them: ``layers: [rwkv6, rwkv6_channel]``, ``mlp: null``,
+``n_layers`` = 2 x the RWKV depth. The language model needs nothing new.
+
+Initialisation follows the official recipe at a fixed depth ratio of 1/2: the recipe interpolates by
+layer_idx / n_layers, and a block is not told n_layers.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from arch.ops.rwkv6 import rwkv6
+
+
+def token_shift(x: torch.Tensor, last: torch.Tensor | None) -> torch.Tensor:
+    """x_{t-1} for every t of x [B, T, D]; ``last`` [B, D] is the token before x (zeros when None)."""
+    previous = x.new_zeros(x.shape[0], 1, x.shape[-1]) if last is None else last.unsqueeze(1).to(x.dtype)
+    return torch.cat([previous, x[:, :-1]], dim=1)
+
+
+def channel_ramp(d: int) -> torch.Tensor:
+    """n / d for n = 0..d-1: RWKV's per-channel interpolation ramp used by its initialisation."""
+    return torch.arange(d, dtype=torch.float32) / d
+
+
+class RWKV6TimeMix(nn.Module):
+    """RWKV-6 time mixing (module docstring). Decode state: the last token [B, d_model] and the wkv
+    state [B, H, head_dim, head_dim]."""
+
+    MIXED = ("w", "k", "v", "r", "g")
+
+    def __init__(
+        self,
+        d_model: int,
+        layer_idx: int = 0,
+        head_dim: int = 64,
+        mix_rank: int = 32,
+        decay_rank: int = 64,
+        gn_eps: float = 64e-5,
+        backend: str = "auto",
+    ):
+        super().__init__()
+        if d_model % head_dim:
+            raise ValueError(f"d_model={d_model} must be a multiple of head_dim={head_dim}")
+        self.n_heads, self.head_dim, self.backend = d_model // head_dim, head_dim, backend
+        self.mu_x = nn.Parameter(torch.empty(d_model))
+        self.mu = nn.Parameter(torch.empty(len(self.MIXED), d_model))
+        self.mix_down = nn.Linear(d_model, len(self.MIXED) * mix_rank, bias=False)
+        self.mix_up = nn.Parameter(torch.empty(len(self.MIXED), mix_rank, d_model))
+        self.decay_down = nn.Linear(d_model, decay_rank, bias=False)
+        self.decay_up = nn.Linear(decay_rank, d_model, bias=True)  # its bias is w0
+        self.bonus = nn.Parameter(torch.empty(self.n_heads, head_dim))
+        self.r_proj = nn.Linear(d_model, d_model, bias=False)
+        self.k_proj = nn.Linear(d_model, d_model, bias=False)
+        self.v_proj = nn.Linear(d_model, d_model, bias=False)
+        self.g_proj = nn.Linear(d_model, d_model, bias=False)
+        self.group_norm = nn.GroupNorm(self.n_heads, d_model, eps=gn_eps)
+        self.out_proj = nn.Linear(d_model, d_model, bias=False)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        d = self.mu.shape[-1]
+        ramp = channel_ramp(d)
+        depth = 0.5  # 1 - layer_idx / n_layers in the official recipe; see the module docstring
+        full, half = 1 - ramp**depth, 1 - ramp ** (0.5 * depth)
+        self.mu_x.copy_(full)
+        self.mu.copy_(torch.stack([full, full, full - 0.3 * depth, half, half]))  # w, k, v, r, g
+        nn.init.zeros_(self.mix_down.weight)
+        nn.init.uniform_(self.mix_up, -0.01, 0.01)
+        nn.init.zeros_(self.decay_down.weight)
+        nn.init.uniform_(self.decay_up.weight, -0.01, 0.01)
+        n = torch.arange(d, dtype=torch.float32) / max(d - 1, 1)
+        self.decay_up.bias.copy_(-6 + 5 * n ** (0.7 + 1.3 * depth))
+        zigzag = ((torch.arange(d) + 1) % 3 - 1).float() * 0.1
+        self.bonus.copy_((depth * (1 - n) + zigzag).view_as(self.bonus))
+
+    def log_decay(self, x_w: torch.Tensor) -> torch.Tensor:
+        """w_t = -exp(w0 + tanh(x_w A_w) B_w) [B, T, d_model], the per-channel log-decay."""
+        return -torch.exp(self.decay_up(torch.tanh(self.decay_down(x_w))))
+
+    def _mix(self, x: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict]:
+        batch, length, d = x.shape
+        dx = token_shift(x, None if state is None else state["last"]) - x
+        lora = torch.tanh(self.mix_down(x + dx * self.mu_x)).unflatten(-1, (len(self.MIXED), -1))
+        m = self.mu + torch.einsum("btfr,frd->btfd", lora, self.mix_up)  # [B, T, 5, D]
+        xw, xk, xv, xr, xg = (x.unsqueeze(2) + dx.unsqueeze(2) * m).unbind(2)
+        heads = (self.n_heads, self.head_dim)
+        r, k, v = (proj(t).unflatten(-1, heads) for proj, t in ((self.r_proj, xr), (self.k_proj, xk), (self.v_proj, xv)))
+        log_decay = self.log_decay(xw).unflatten(-1, heads)
+        o, wkv = rwkv6(r, k, v, log_decay, self.bonus, initial_state=None if state is None else state["wkv"], backend=self.backend)
+        o = self.group_norm(o.reshape(batch * length, d)).view(batch, length, d)
+        return self.out_proj(o * F.silu(self.g_proj(xg))), {"last": x[:, -1], "wkv": wkv}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._mix(x, None)[0]
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> dict:
+        return {
+            "last": torch.zeros(batch_size, self.n_heads * self.head_dim, device=device, dtype=dtype),
+            "wkv": torch.zeros(batch_size, self.n_heads, self.head_dim, self.head_dim, device=device, dtype=dtype),
+        }
+
+    def step(self, x: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
+        return self._mix(x, state)
+
+    def state_size(self, seq_len: int) -> int:
+        return self.n_heads * self.head_dim * (1 + self.head_dim)
+
+
+class RWKV6ChannelMix(nn.Module):
+    """RWKV channel mixing (module docstring), a sequence mixer whose decode state is the last token
+    [B, d_model]. ``receptance=False`` drops the sigmoid(W_r .) gate: RWKV-7's channel mix."""
+
+    def __init__(self, d_model: int, layer_idx: int = 0, expansion: float = 3.5, receptance: bool = True):
+        super().__init__()
+        hidden = int(expansion * d_model)
+        self.mu_k = nn.Parameter(torch.empty(d_model))
+        self.k_proj = nn.Linear(d_model, hidden, bias=False)
+        self.out_proj = nn.Linear(hidden, d_model, bias=False)
+        self.mu_r = nn.Parameter(torch.empty(d_model)) if receptance else None
+        self.r_proj = nn.Linear(d_model, d_model, bias=False) if receptance else None
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        ramp = channel_ramp(self.mu_k.shape[0]) ** 0.5  # depth ratio 1/2, as in the time mix
+        self.mu_k.copy_(1 - ramp)
+        if self.mu_r is not None:
+            self.mu_r.copy_(1 - ramp)
+
+    def _mix(self, x: torch.Tensor, last: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        dx = token_shift(x, last) - x
+        out = self.out_proj(torch.relu(self.k_proj(x + dx * self.mu_k)).square())
+        if self.r_proj is not None:
+            out = torch.sigmoid(self.r_proj(x + dx * self.mu_r)) * out
+        return out, x[:, -1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._mix(x, None)[0]
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> torch.Tensor:
+        return torch.zeros(batch_size, self.mu_k.shape[0], device=device, dtype=dtype)
+
+    def step(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._mix(x, state)
+
+    def state_size(self, seq_len: int) -> int:
+        return self.mu_k.shape[0]
