@@ -1,0 +1,263 @@
+"""Forward+backward time and peak memory of sequence-mixing ops, per sequence length.
+
+    python -m eval.bench [--device cpu|cuda] [--T 512 2048 8192] [--ops gla,rwkv6] [--dtype float32]
+
+Prints a Markdown table (op, backend, T, fwd+bwd ms, CPU ms, peak MiB) at B=2, H=4, head dim 64: every fast path
+next to its token-by-token ``*_naive`` recurrence and, as the reference row, softmax attention
+(`torch.nn.functional.scaled_dot_product_attention`, ``is_causal=True``) of the same shape.
+
+Time: median over repeats after one warm-up call of ``autograd.grad(sum of outputs, inputs)``, as wall
+time and as this process's CPU time (on a shared machine wall time also counts waiting for a core); a case
+whose time, extrapolated linearly from its previous T, exceeds ``--budget-s`` prints "skipped".
+Peak memory: bytes allocated by PyTorch during one fwd+bwd call above what was live before it (the
+inputs). On CUDA, ``torch.cuda.max_memory_allocated``; on CPU, the allocation and free events recorded
+by the PyTorch profiler (``profile_memory=True``), summed in time order. The profiler keeps every op
+event (gigabytes for a 4096-step Python loop), so on CPU memory is measured only for cases whose call
+takes under ``--memory-max-s``; the others print "-".
+
+To benchmark another op, append a `BenchCase` to `CASES` (its name, how to make inputs for
+(B, T, device, dtype), and the callable); the driver needs no change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from arch.ops import (
+    causal_conv1d,
+    causal_conv1d_naive,
+    gated_linear_attention,
+    gated_linear_attention_naive,
+    linear_attention,
+    linear_attention_naive,
+    rwkv6,
+    rwkv6_naive,
+    taylor_feature_map,
+)
+from arch.ops.backend import is_importable
+from arch.ops.scan import (
+    diagonal_recurrence,
+    diagonal_recurrence_naive,
+    rwkv7,
+    rwkv7_naive,
+    selective_scan,
+    selective_scan_naive,
+)
+
+H, D, FEATURE_DIM = 4, 64, 16  # heads, head dim; Based's feature dim before the Taylor map
+D_INNER, D_STATE = 256, 16  # Mamba's S6 channels and state size per channel
+Setup = Callable[[int, int, torch.device, torch.dtype], Sequence[torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class BenchCase:
+    """One row family of the table: ``run(*setup(B, T, device, dtype))`` is timed forward+backward.
+
+    op: the name ``--ops`` selects; backend: how it is computed ("chunked", "naive", "fla", ...);
+    baseline: always shown whatever ``--ops`` says; kernel: a package needed on CUDA (None: none).
+    """
+
+    op: str
+    backend: str
+    setup: Setup
+    run: Callable[..., Any]
+    baseline: bool = False
+    kernel: str | None = None
+
+
+def _leaves(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    return tuple(t.detach().requires_grad_() for t in tensors)
+
+
+def attention_inputs(B: int, T: int, device: torch.device, dtype: torch.dtype) -> Sequence[torch.Tensor]:
+    return _leaves(*(torch.randn(B, T, H, D, device=device, dtype=dtype) for _ in range(3)))
+
+
+def gla_inputs(B: int, T: int, device: torch.device, dtype: torch.dtype) -> Sequence[torch.Tensor]:
+    log_decay = F.logsigmoid(torch.randn(B, T, H, D, device=device, dtype=dtype)) / 16  # GLA's gate normaliser
+    return (*attention_inputs(B, T, device, dtype), *_leaves(log_decay))
+
+
+def rwkv6_inputs(B: int, T: int, device: torch.device, dtype: torch.dtype) -> Sequence[torch.Tensor]:
+    log_decay = -torch.exp(torch.randn(B, T, H, D, device=device, dtype=dtype) - 2)
+    bonus = torch.randn(H, D, device=device, dtype=dtype)
+    return (*attention_inputs(B, T, device, dtype), *_leaves(log_decay, bonus))
+
+
+def based_inputs(B: int, T: int, device: torch.device, dtype: torch.dtype) -> Sequence[torch.Tensor]:
+    q, k = (torch.randn(B, T, H, FEATURE_DIM, device=device, dtype=dtype) for _ in range(2))
+    return _leaves(q, k, torch.randn(B, T, H, D, device=device, dtype=dtype))
+
+
+def conv_inputs(B: int, T: int, device: torch.device, dtype: torch.dtype) -> Sequence[torch.Tensor]:
+    x = torch.randn(B, T, H * D, device=device, dtype=dtype)
+    return _leaves(x, torch.randn(H * D, 4, device=device, dtype=dtype), torch.randn(H * D, device=device, dtype=dtype))
+
+
+def selective_scan_inputs(B: int, T: int, device: torch.device, dtype: torch.dtype) -> Sequence[torch.Tensor]:
+    u = torch.randn(B, T, D_INNER, device=device, dtype=dtype)
+    delta = F.softplus(torch.randn(B, T, D_INNER, device=device, dtype=dtype) - 4)
+    A = -torch.exp(torch.empty(D_INNER, D_STATE, device=device).uniform_(0, math.log(16)))  # fp32, as mamba_ssm wants
+    B_, C_ = (torch.randn(B, T, D_STATE, device=device, dtype=dtype) for _ in range(2))
+    return _leaves(u, delta, A, B_, C_)
+
+
+def diagonal_inputs(B: int, T: int, device: torch.device, dtype: torch.dtype) -> Sequence[torch.Tensor]:
+    log_a = F.logsigmoid(torch.randn(B, T, H * D, device=device, dtype=dtype) + 4)  # RG-LRU-like decays near 1
+    return _leaves(log_a, torch.randn(B, T, H * D, device=device, dtype=dtype))
+
+
+def rwkv7_inputs(B: int, T: int, device: torch.device, dtype: torch.dtype) -> Sequence[torch.Tensor]:
+    r, k, v = attention_inputs(B, T, device, dtype)
+    log_decay = -torch.exp(-0.5 - 3 * torch.rand(B, T, H, D, device=device, dtype=dtype))
+    kk = F.normalize(torch.randn(B, T, H, D, device=device, dtype=dtype), dim=-1)
+    rate = torch.sigmoid(torch.randn(B, T, H, 1, device=device, dtype=dtype))
+    return (r, *_leaves(log_decay), k, v, *_leaves(-kk, kk * rate))
+
+
+def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
+
+
+def based(op: Callable[..., Any], **kwargs: Any) -> Callable[..., Any]:
+    return lambda q, k, v: op(taylor_feature_map(q), taylor_feature_map(k), v, **kwargs)
+
+
+CASES: list[BenchCase] = [
+    BenchCase("sdpa", "sdpa", attention_inputs, sdpa, baseline=True),
+    BenchCase("gla", "chunked", gla_inputs, lambda *x: gated_linear_attention(*x, backend="torch")),
+    BenchCase("gla", "fla", gla_inputs, lambda *x: gated_linear_attention(*x, backend="fla"), kernel="fla"),
+    BenchCase("gla", "naive", gla_inputs, gated_linear_attention_naive),
+    BenchCase("rwkv6", "chunked", rwkv6_inputs, lambda *x: rwkv6(*x, backend="torch")),
+    BenchCase("rwkv6", "fla", rwkv6_inputs, lambda *x: rwkv6(*x, backend="fla"), kernel="fla"),
+    BenchCase("rwkv6", "naive", rwkv6_inputs, rwkv6_naive),
+    BenchCase("based", "chunked", based_inputs, based(linear_attention, backend="torch")),
+    BenchCase("based", "naive", based_inputs, based(linear_attention_naive)),
+    BenchCase("short_conv", "conv1d", conv_inputs, lambda *x: causal_conv1d(*x, backend="torch")),
+    BenchCase(
+        "short_conv", "causal_conv1d", conv_inputs,
+        lambda *x: causal_conv1d(*x, backend="causal_conv1d"), kernel="causal_conv1d",
+    ),
+    BenchCase("short_conv", "naive", conv_inputs, causal_conv1d_naive),
+    BenchCase("selective_scan", "chunked", selective_scan_inputs, lambda *x: selective_scan(*x, backend="torch")),
+    BenchCase(
+        "selective_scan", "mamba_ssm", selective_scan_inputs,
+        lambda *x: selective_scan(*x, backend="mamba_ssm"), kernel="mamba_ssm",
+    ),
+    BenchCase("selective_scan", "naive", selective_scan_inputs, selective_scan_naive),
+    BenchCase("diagonal_recurrence", "chunked", diagonal_inputs, diagonal_recurrence),
+    BenchCase("diagonal_recurrence", "naive", diagonal_inputs, diagonal_recurrence_naive),
+    BenchCase("rwkv7", "chunked", rwkv7_inputs, rwkv7),
+    BenchCase("rwkv7", "naive", rwkv7_inputs, rwkv7_naive),
+]
+
+
+def forward_backward(case: BenchCase, inputs: Sequence[torch.Tensor]) -> None:
+    out = case.run(*inputs)
+    outputs = out if isinstance(out, tuple) else (out,)
+    loss = sum(o.float().sum() for o in outputs if o.requires_grad)
+    torch.autograd.grad(loss, [x for x in inputs if x.requires_grad])
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_ms(case: BenchCase, inputs: Sequence[torch.Tensor], repeats: int, budget_s: float) -> tuple[float, float]:
+    """Median fwd+bwd wall and process-CPU milliseconds after a warm-up call; fewer repeats when slow."""
+    device = inputs[0].device
+    wall, cpu = [], []
+    for _ in range(repeats + 1):
+        _synchronize(device)
+        start, start_cpu = time.perf_counter(), time.process_time()
+        forward_backward(case, inputs)
+        _synchronize(device)
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+        if sum(wall) > budget_s:
+            break
+    return 1e3 * statistics.median(wall[1:] or wall), 1e3 * statistics.median(cpu[1:] or cpu)
+
+
+def peak_mib(case: BenchCase, inputs: Sequence[torch.Tensor]) -> float:
+    """Peak bytes allocated during one fwd+bwd call above what was live before it, in MiB."""
+    device = inputs[0].device
+    if device.type == "cuda":
+        _synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        forward_backward(case, inputs)
+        _synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        forward_backward(case, inputs)
+    events = sorted(
+        (e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
+    )
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return peak / 2**20
+
+
+def runnable(case: BenchCase, device: torch.device) -> bool:
+    return case.kernel is None or (device.type == "cuda" and is_importable(case.kernel))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m eval.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--T", type=int, nargs="+", default=[512, 2048, 8192], help="sequence lengths")
+    ops = sorted({c.op for c in CASES if not c.baseline})
+    parser.add_argument("--ops", default=",".join(ops), help=f"comma-separated, from {','.join(ops)}")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls after the warm-up")
+    parser.add_argument("--budget-s", type=float, default=60.0, help="time allowed per (case, T)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    parser.add_argument("--memory-max-s", type=float, default=2.0,
+                        help="on CPU, measure memory only for calls shorter than this (profiler cost)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice); 1 is steadier "
+                        "on a shared machine, where spinning threads wait for busy cores")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    selected = set(args.ops.split(","))
+    unknown = selected - set(ops)
+    if unknown:
+        parser.error(f"unknown ops {sorted(unknown)}; choose from {ops}")
+    cases = [c for c in CASES if (c.baseline or c.op in selected) and runnable(c, device)]
+
+    print(f"device={device} dtype={args.dtype} B={args.batch} H={H} D={D} threads={torch.get_num_threads()}\n")
+    print("| op | backend | T | fwd+bwd ms | CPU ms | peak MiB |")
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    for case in cases:
+        last: tuple[int, float] | None = None  # (T, ms) of the previous length, to extrapolate from
+        for T in sorted(args.T):
+            if last is not None and last[1] / 1e3 * T / last[0] > args.budget_s:
+                print(f"| {case.op} | {case.backend} | {T} | skipped | skipped | skipped |", flush=True)
+                continue
+            torch.manual_seed(0)
+            inputs = case.setup(args.batch, T, device, dtype)
+            ms, cpu_ms = time_ms(case, inputs, args.repeats, args.budget_s)
+            skip_memory = args.no_memory or (device.type == "cpu" and ms / 1e3 > args.memory_max_s)
+            memory = "-" if skip_memory else f"{peak_mib(case, inputs):.1f}"
+            print(f"| {case.op} | {case.backend} | {T} | {ms:.1f} | {cpu_ms:.1f} | {memory} |", flush=True)
+            last = (T, ms)
+
+
+if __name__ == "__main__":
+    main()
