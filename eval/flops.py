@@ -22,9 +22,15 @@ from collections.abc import Callable
 from torch import nn
 
 from arch.blocks.attention import Attention
+from arch.blocks.conv import BaseConv
+from arch.blocks.gla import GLA
 from arch.blocks.griffin import RGLRUBlock
 from arch.blocks.h3 import H3
+from arch.blocks.hgrn2 import HGRN2
+from arch.blocks.linear_attention import LinearAttention
 from arch.blocks.mamba import Mamba
+from arch.blocks.mamba2 import Mamba2
+from arch.blocks.retnet import MultiScaleRetention
 from arch.blocks.rwkv6 import RWKV6ChannelMix, RWKV6TimeMix
 from arch.blocks.rwkv7 import RWKV7TimeMix
 from arch.ops.gla import _block_sizes
@@ -81,17 +87,40 @@ def _h3(block: H3, seq_len: int) -> tuple[float, float]:
     return 2 * block.shift_len * block.n_heads * block.head_dim + 2 * channels, 11 * channels * n + 3 * channels
 
 
+def _chunked_scan(
+    n_heads: int, dk: int, dv: int, seq_len: int, chunk_size: int, decay: str, bonus: bool = False
+) -> tuple[float, float]:
+    """(matmul-like, elementwise) FLOPs per token of `arch.ops.gla.chunked_gated_scan`, the one chunked
+    core of GLA, RetNet, HGRN2, Mamba-2/SSD, linear attention and RWKV-6; ``decay`` is "none",
+    "scalar" (one per head) or "vector" (per key dim), ``bonus`` RWKV-6's current-token term.
+
+    Per head and (padded) token: matmul-like, the chunk's state update (k e^(G_last - G))^T v and the
+    read of the entering state (q e^G) h, 2 x 2 Dk Dv, and at every nesting level (outer -> inner)
+    the sub-block scores q k^T and their values A v, 2 outer (Dk + Dv). Elementwise, with Dg the
+    decay's width: cumsum and the chunk factors 4 Dg + 2 Dk; per level the rescaled queries 2 Dg + Dk,
+    the key factors 3 Dg per earlier sub-block (r = outer / inner of them) applied to k (r Dk) or to
+    the scores (outer), and adding into o Dv; the current token 2 Dk + 2 Dv (+ Dk bonus), the scale Dv,
+    and the carried state 2 Dk Dv once per chunk.
+    """
+    chunk = min(chunk_size, 16 * math.ceil(seq_len / 16))  # as the op: a short input is not padded to C
+    sizes = _block_sizes(chunk)
+    levels = list(zip(sizes[:-1], sizes[1:]))
+    dg = {"none": 1, "scalar": 1, "vector": dk}[decay]
+    matmul = 4 * dk * dv + sum(2 * outer * (dk + dv) for outer, _ in levels)
+    elementwise = 4 * dg + 2 * dk + 2 * dk + 3 * dv + 2 * dk * dv / chunk + (dk if bonus else 0)
+    for outer, inner in levels:
+        r = outer // inner
+        elementwise += 2 * dg + dk + 3 * r * dg + (r * dk if decay == "vector" else outer) + dv
+    pad = _padding(seq_len, chunk)
+    return n_heads * matmul * pad, n_heads * elementwise * pad
+
+
 def _rwkv6_time(block: RWKV6TimeMix, seq_len: int) -> tuple[float, float]:
     h, p = block.n_heads, block.head_dim
     d, n_mixed, rank = h * p, *block.mix_up.shape[:2]
-    chunk = min(_default_chunk(rwkv6), 16 * math.ceil(seq_len / 16))
-    # chunked_gated_scan per head and token: chunk state update and inter-chunk read 2 x 2 P^2, and at
-    # every nesting level (outer -> inner) the sub-block scores and values 2 * outer * 2P.
-    levels = _block_sizes(chunk)[:-1]
-    scan = h * (4 * p * p + sum(4 * outer * p for outer in levels)) * _padding(seq_len, chunk)
-    # elementwise: token shift and ddlerp 13 d + 5 tanh(rank) + log-decay 2 d; the scan's decay factors
-    # (~4 per level per channel, cumsum, bonus term 3); silu gate 3 d.
-    elementwise = 18 * d + n_mixed * rank + (4 * len(levels) + 6) * d
+    scan, scan_elementwise = _chunked_scan(h, p, p, seq_len, _default_chunk(rwkv6), "vector", bonus=True)
+    # elementwise: token shift and ddlerp 13 d + 5 tanh(rank) + log-decay 2 d, the scan, silu gate 3 d.
+    elementwise = 18 * d + n_mixed * rank + scan_elementwise
     return 2 * n_mixed * rank * d + scan, elementwise
 
 
@@ -114,6 +143,57 @@ def _rwkv7_time(block: RWKV7TimeMix, seq_len: int) -> tuple[float, float]:
     return scan, elementwise
 
 
+_FEATURE_MAP_FLOPS = {  # elementwise FLOPs of a feature map per input element of dimension f
+    "taylor": lambda f: 2 * f + 1,  # outer product and its scale (2 f^2 per vector), x / d^(1/4)
+    "elu": lambda f: 3,
+    "relu": lambda f: 1,
+    "identity": lambda f: 0,
+}
+
+
+def _linear_attention(block: LinearAttention, seq_len: int) -> tuple[float, float]:
+    h, f, dv = block.n_heads, block.feature_dim, block.head_dim
+    # the scan runs on v with a column of ones appended (numerator and normaliser in one pass)
+    scan, scan_elementwise = _chunked_scan(h, block.feature_size, dv + 1, seq_len, block.chunk_size, "none")
+    # elementwise: feature maps of q and k, the division by the normaliser (+ eps)
+    maps = 2 * h * f * _FEATURE_MAP_FLOPS[block.feature_map](f)
+    return scan, scan_elementwise + maps + (2 * h * dv if block.normalize else 0)
+
+
+def _base_conv(block: BaseConv, seq_len: int) -> tuple[float, float]:
+    d = block.d_inner
+    # matmul-like: depthwise conv 2 K d_inner; elementwise: conv bias 1, silu 2, gate 1
+    return 2 * block.kernel_size * d, 4 * d
+
+
+def _gla(block: GLA, seq_len: int) -> tuple[float, float]:
+    scan, scan_elementwise = _chunked_scan(block.n_heads, block.head_k, block.head_v, seq_len, block.chunk_size, "vector")
+    # elementwise: logsigmoid and the normaliser 2 key_dim; silu output gate and product 3 value_dim
+    return scan, scan_elementwise + 2 * block.key_dim + 3 * block.value_dim
+
+
+def _retnet(block: MultiScaleRetention, seq_len: int) -> tuple[float, float]:
+    scan, scan_elementwise = _chunked_scan(block.n_heads, block.head_k, block.head_v, seq_len, block.chunk_size, "scalar")
+    # elementwise: rotary on q and k 3 per element each; silu output gate and product 3 value_dim
+    return scan, scan_elementwise + 6 * block.key_dim + 3 * block.value_dim
+
+
+def _hgrn2(block: HGRN2, seq_len: int) -> tuple[float, float]:
+    scan, scan_elementwise = _chunked_scan(block.n_heads, block.head_k, block.head_v, seq_len, block.chunk_size, "vector")
+    # elementwise: swish q 2, forget gate (sigmoid, bound, log) and k = 1 - f 5 per key dim; output gate 3
+    gate = 3 * block.value_dim if block.g_proj is not None else 0
+    return scan, scan_elementwise + 7 * block.key_dim + gate
+
+
+def _mamba2(block: Mamba2, seq_len: int) -> tuple[float, float]:
+    h, d = block.n_heads, block.d_inner
+    scan, scan_elementwise = _chunked_scan(h, block.d_state, block.head_dim, seq_len, block.chunk_size, "scalar")
+    # matmul-like: depthwise conv over (x, B, C) 2 K conv_dim; elementwise: conv bias and silu 3 per
+    # conv channel, dt bias, softplus and dt A 3 per head, v = dt x 1, D skip 2 and the silu(z) gate 3
+    # per inner channel
+    return 2 * block.d_conv * block.conv_dim + scan, scan_elementwise + 3 * block.conv_dim + 3 * h + 6 * d
+
+
 _SPLIT_FLOPS: dict[type, Callable[[nn.Module, int], tuple[float, float]]] = {
     Mamba: _mamba,
     RGLRUBlock: _rglru,
@@ -121,6 +201,12 @@ _SPLIT_FLOPS: dict[type, Callable[[nn.Module, int], tuple[float, float]]] = {
     RWKV6TimeMix: _rwkv6_time,
     RWKV6ChannelMix: _rwkv_channel,
     RWKV7TimeMix: _rwkv7_time,
+    LinearAttention: _linear_attention,
+    BaseConv: _base_conv,
+    GLA: _gla,
+    MultiScaleRetention: _retnet,
+    HGRN2: _hgrn2,
+    Mamba2: _mamba2,
 }
 
 MIXING_FLOPS: dict[type, Callable[[nn.Module, int], float]] = {

@@ -1,0 +1,119 @@
+"""Gated Linear Attention (Yang et al. 2024, "Gated Linear Attention Transformers with
+Hardware-Efficient Training"), and the one-token recurrence shared by the GLA family's `step`.
+
+Per head, with q, k in R^{Dk} and v in R^{Dv} (key dim = expand_k * d_model, value dim =
+expand_v * d_model, split over heads):
+
+    q, k, v = W_q x, W_k x, W_v x
+    alpha_t = sigmoid(W_2 W_1 x_t + b)^(1/16)                  (low-rank forget gate, per key dim)
+    g_t     = log alpha_t = logsigmoid(W_2 W_1 x_t + b) / 16    (gate_logit_normalizer = 16)
+    S_t     = diag(alpha_t) S_{t-1} + k_t^T v_t,   o_t = q_t S_t / sqrt(Dk)
+    out     = out_proj(GroupNorm_per_head(o) * silu(W_r x))     (swish output gate)
+
+The paper's defaults: expand_k 0.5, expand_v 1, 4 heads, low-rank 16. The parallel form is the
+chunked `arch.ops.gla.gated_linear_attention`; `step` is the recurrence itself (`recurrent_step`).
+Decode state: S [B, H, Dk, Dv].
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from arch.ops.gla import gated_linear_attention
+
+
+def recurrent_step(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    log_decay: torch.Tensor | None,
+    state: torch.Tensor,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token of S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t, o_t = scale * q_t S_t.
+
+    q, k [B, 1, H, Dk]; v [B, 1, H, Dv]; log_decay None, [B, 1, H] or [B, 1, H, Dk]; state
+    [B, H, Dk, Dv]. Returns o [B, 1, H, Dv] in q's dtype and the new state in float32 (float64 for
+    float64 inputs), the dtypes `gated_linear_attention` uses, so forward and step states interchange.
+    """
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    q_t, k_t, v_t = (t[:, 0].to(acc) for t in (q, k, v))
+    S = state.to(acc)
+    if log_decay is not None:
+        g = log_decay[:, 0].to(acc)
+        S = S * (g.exp()[..., None, None] if g.dim() == 2 else g.exp()[..., None])
+    S = S + k_t[..., :, None] * v_t[..., None, :]
+    o = scale * (q_t[..., None, :] @ S).squeeze(-2)
+    return o.unsqueeze(1).to(q.dtype), S
+
+
+class GLA(nn.Module):
+    """Gated linear attention layer (module docstring).
+
+    ``gate_low_rank_dim`` is the rank of the forget-gate projection W_2 W_1; ``gate_logit_normalizer``
+    divides logsigmoid (16 in the paper: decays stay close to 1 at initialisation).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        layer_idx: int = 0,
+        n_heads: int = 4,
+        expand_k: float = 0.5,
+        expand_v: float = 1.0,
+        gate_low_rank_dim: int = 16,
+        gate_logit_normalizer: float = 16.0,
+        norm_eps: float = 1e-5,
+        chunk_size: int = 64,
+        backend: str = "auto",
+    ):
+        super().__init__()
+        self.key_dim, self.value_dim = int(expand_k * d_model), int(expand_v * d_model)
+        if self.key_dim % n_heads or self.value_dim % n_heads:
+            raise ValueError(f"key dim {self.key_dim} and value dim {self.value_dim} must be multiples of n_heads={n_heads}")
+        self.n_heads, self.head_k, self.head_v = n_heads, self.key_dim // n_heads, self.value_dim // n_heads
+        self.gate_logit_normalizer, self.chunk_size, self.backend = gate_logit_normalizer, chunk_size, backend
+        self.q_proj = nn.Linear(d_model, self.key_dim, bias=False)
+        self.k_proj = nn.Linear(d_model, self.key_dim, bias=False)
+        self.v_proj = nn.Linear(d_model, self.value_dim, bias=False)
+        self.gk_proj = nn.Sequential(
+            nn.Linear(d_model, gate_low_rank_dim, bias=False), nn.Linear(gate_low_rank_dim, self.key_dim, bias=True)
+        )
+        self.g_proj = nn.Linear(d_model, self.value_dim, bias=False)
+        self.group_norm = nn.GroupNorm(n_heads, self.value_dim, eps=norm_eps)
+        self.out_proj = nn.Linear(self.value_dim, d_model, bias=False)
+
+    def log_decay(self, x: torch.Tensor) -> torch.Tensor:
+        """g = logsigmoid(W_2 W_1 x + b) / gate_logit_normalizer, [B, T, H, Dk] (all <= 0)."""
+        g = F.logsigmoid(self.gk_proj(x)) / self.gate_logit_normalizer
+        return g.unflatten(-1, (self.n_heads, self.head_k))
+
+    def _mix(self, x: torch.Tensor, state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        batch, length, _ = x.shape
+        q = self.q_proj(x).unflatten(-1, (self.n_heads, self.head_k))
+        k = self.k_proj(x).unflatten(-1, (self.n_heads, self.head_k))
+        v = self.v_proj(x).unflatten(-1, (self.n_heads, self.head_v))
+        g = self.log_decay(x)
+        scale = self.head_k**-0.5
+        if state is None or length > 1:
+            o, state = gated_linear_attention(
+                q, k, v, g, scale=scale, initial_state=state, chunk_size=self.chunk_size, backend=self.backend
+            )
+        else:
+            o, state = recurrent_step(q, k, v, g, state, scale)
+        o = self.group_norm(o.reshape(batch * length, self.value_dim)).view(batch, length, self.value_dim)
+        return self.out_proj(o * F.silu(self.g_proj(x))), state
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._mix(x, None)[0]
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> torch.Tensor:
+        return torch.zeros(batch_size, self.n_heads, self.head_k, self.head_v, device=device, dtype=dtype)
+
+    def step(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._mix(x, state)
+
+    def state_size(self, seq_len: int) -> int:
+        return self.n_heads * self.head_k * self.head_v
