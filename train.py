@@ -6,7 +6,8 @@ LightningModule (`LMTask`) trains the `arch.lm.LanguageModel` on a DataModule fr
 `lightning.Trainer` (CPU, GPU, DDP, FSDP). One run = one directory: ``config.yaml``,
 ``tensorboard/``, ``checkpoints/last.ckpt`` and ``metrics.json``; starting a run in a directory
 that holds ``checkpoints/last.ckpt`` resumes it exactly (model, optimizer, schedule, step, data
-position).
+position), from the newest complete checkpoint. On SLURM, `data.checkpoint.Preemption` saves and
+requeues the job on the pre-timeout signal (see slurm/README.md).
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class CallbacksConfig:
     checkpoint_every_n_steps: int = 200
     progress_bar: bool = True
     stop_after_steps: int | None = None  # end the process early (as a preemption would); resume continues
+    step_delay_s: float = 0.0  # sleep after each batch: lets tests interrupt a tiny run mid-way
 
 
 @dataclass
@@ -267,7 +269,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         return finished
 
     pl = _lightning()
-    from data.checkpoint import AtomicCheckpointIO
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    from data.checkpoint import AtomicCheckpointIO, Preemption, find_resume_checkpoint
 
     pl.seed_everything(run.seed, workers=True, verbose=False)
     datamodule = instantiate(run.data, "data")
@@ -282,26 +286,35 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     task = build_task(run.model, run.optim, run.schedule, model_vocab or vocab_size, max_steps, _peak_flops(run.mfu_peak_flops))
 
     ckpt_dir = run_dir / "checkpoints"
+    last = ckpt_dir / "last.ckpt"
+    preemption = Preemption(last)
     callbacks = [
         pl.callbacks.ModelCheckpoint(
             dirpath=ckpt_dir, filename="step{step}", auto_insert_metric_name=False, save_last=True, save_top_k=0,
             every_n_train_steps=callbacks_cfg.checkpoint_every_n_steps,
         )
     ]
+    if callbacks_cfg.step_delay_s > 0:  # before `preemption`, which then sees a signal that came during the sleep
+        callbacks.append(pl.callbacks.LambdaCallback(on_train_batch_end=lambda *_: time.sleep(callbacks_cfg.step_delay_s)))
+    callbacks.append(preemption)
     if callbacks_cfg.stop_after_steps is not None:
-        callbacks.append(stop_after(callbacks_cfg.stop_after_steps, ckpt_dir / "last.ckpt"))
+        callbacks.append(stop_after(callbacks_cfg.stop_after_steps, last))
     logger = instantiate(run.logger, "logger", save_dir=str(run_dir))
     if trainer_spec.get("precision") is None:
         gpu = trainer_spec.get("accelerator", "auto") in ("auto", "gpu", "cuda") and torch.cuda.is_available()
         trainer_spec["precision"] = "bf16-mixed" if gpu else "32-true"
+    plugins = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():
+        # one srun task per device; requeue belongs to `Preemption`, not to Lightning's own handler
+        plugins.append(SLURMEnvironment(auto_requeue=False))
     trainer = instantiate(
         trainer_spec, "trainer",
-        default_root_dir=str(run_dir), logger=logger, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
+        default_root_dir=str(run_dir), logger=logger, callbacks=callbacks, plugins=plugins,
         enable_progress_bar=callbacks_cfg.progress_bar, use_distributed_sampler=False,
     )
 
-    last = ckpt_dir / "last.ckpt"
-    ckpt_path = str(last) if run.resume and last.exists() else None
+    resume_from = find_resume_checkpoint(ckpt_dir, cleanup=trainer.is_global_zero) if run.resume else None
+    ckpt_path = str(resume_from) if resume_from else None
     run_dir.mkdir(parents=True, exist_ok=True)
     if trainer.is_global_zero and not (run_dir / "config.yaml").exists():
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(values))
@@ -313,6 +326,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         logger.log_metrics({"params/total": task.model.num_params(), "params/non_embedding": task.model.num_params(non_embedding=True)}, step=0)
     started = time.time()
     trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
+    if preemption.stopped_at is not None:
+        return {"preempted_at_step": preemption.stopped_at}
     if callbacks_cfg.stop_after_steps is not None and trainer.global_step < max_steps:
         return {"stopped_at_step": trainer.global_step}
     trainer.save_checkpoint(str(last))
@@ -388,22 +403,28 @@ def _remove_new_directory(run_dir: Path) -> None:
         parent = parent.parent
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parent / "conf"), config_name="config")
 def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
+
+    from data.checkpoint import CheckpointError
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     fresh = _fresh(run_dir)
     try:
         metrics = train(cfg, run_dir)
-    except (ConfigError, TrainingDiverged) as err:
+    except (ConfigError, TrainingDiverged, CheckpointError) as err:
         if fresh and isinstance(err, ConfigError):
             _remove_new_directory(run_dir)
-        kind = "config error" if isinstance(err, ConfigError) else "training diverged"
+        kind = next(k for t, k in ((ConfigError, "config error"), (TrainingDiverged, "training diverged"), (CheckpointError, "checkpoint error")) if isinstance(err, t))
         print(f"mixerlab: {kind}: {err}", file=sys.stderr, flush=True)
         sys.exit(2 if isinstance(err, ConfigError) else 1)
     return metrics.get("val/loss")
 
 
 if __name__ == "__main__":
-    main()
+    # Run the importable module `train`, not this `__main__` copy: launchers that pickle the task
+    # (submitit) then refer to `train.main` by name, and the job imports the module.
+    import train as _train
+
+    _train.main()
