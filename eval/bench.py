@@ -16,7 +16,10 @@ event (gigabytes for a 4096-step Python loop), so on CPU memory is measured only
 takes under ``--memory-max-s``; the others print "-".
 
 To benchmark another op, append a `BenchCase` to `CASES` (its name, how to make inputs for
-(B, T, device, dtype), and the callable); the driver needs no change.
+(B, T, device, dtype), and the callable); the driver needs no change. Blocks: ``--blocks all`` (or
+names) adds one row per sequence mixer of ``conf/block/`` at d_model 256 with its YAML defaults,
+timing the whole block forward and backward, parameter gradients included; a new block file is
+picked up without code changes.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -161,6 +166,33 @@ CASES: list[BenchCase] = [
 ]
 
 
+BLOCK_D_MODEL = 256
+BLOCK_CONF = Path(__file__).resolve().parents[1] / "conf" / "block"
+
+
+def block_cases() -> list[BenchCase]:
+    """One case per sequence mixer in conf/block/: inputs are x [B, T, 256] and the block's parameters."""
+    from omegaconf import OmegaConf
+
+    from arch.config import instantiate, locate
+
+    cases = []
+    for path in sorted(BLOCK_CONF.glob("*.yaml")):
+        spec = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+        if not hasattr(locate(spec["_target_"], path.stem), "step"):
+            continue  # channel mixers are position-wise: nothing to compare across T
+        built: dict[str, torch.nn.Module] = {}
+
+        def setup(B: int, T: int, device: torch.device, dtype: torch.dtype, spec=spec, name=path.stem, built=built):
+            block = instantiate(spec, f"block.{name}", d_model=BLOCK_D_MODEL, layer_idx=1).to(device, dtype)
+            built["block"] = block
+            x = torch.randn(B, T, BLOCK_D_MODEL, device=device, dtype=dtype, requires_grad=True)
+            return (x, *block.parameters())
+
+        cases.append(BenchCase(f"block:{path.stem}", "module", setup, lambda x, *params, built=built: built["block"](x)))
+    return cases
+
+
 def forward_backward(case: BenchCase, inputs: Sequence[torch.Tensor]) -> None:
     out = case.run(*inputs)
     outputs = out if isinstance(out, tuple) else (out,)
@@ -221,6 +253,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--T", type=int, nargs="+", default=[512, 2048, 8192], help="sequence lengths")
     ops = sorted({c.op for c in CASES if not c.baseline})
     parser.add_argument("--ops", default=",".join(ops), help=f"comma-separated, from {','.join(ops)}")
+    blocks = block_cases()
+    parser.add_argument("--blocks", default="", help=f"'all' or comma-separated, from {','.join(c.op[6:] for c in blocks)}")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5, help="timed calls after the warm-up")
@@ -240,6 +274,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if unknown:
         parser.error(f"unknown ops {sorted(unknown)}; choose from {ops}")
     cases = [c for c in CASES if (c.baseline or c.op in selected) and runnable(c, device)]
+    wanted = {c.op[6:] for c in blocks} if args.blocks == "all" else set(filter(None, args.blocks.split(",")))
+    if wanted - {c.op[6:] for c in blocks}:
+        parser.error(f"unknown blocks {sorted(wanted - {c.op[6:] for c in blocks})}")
+    cases += [c for c in blocks if c.op[6:] in wanted]
 
     print(f"device={device} dtype={args.dtype} B={args.batch} H={H} D={D} threads={torch.get_num_threads()}\n")
     print("| op | backend | T | fwd+bwd ms | CPU ms | peak MiB |")
