@@ -192,7 +192,7 @@ def load_runs(directories: list[str | Path], params_key: str = "total") -> Point
     """Read `metrics.json` from run directories or sweep roots (searched recursively).
 
     Each file holds at least {"model", "params_total", "params_non_embedding", "tokens", "flops",
-    "val_loss"}; `params_key` ("total" or "non_embedding") picks N; `model` becomes `arch`.
+    "val/loss"}; `params_key` ("total" or "non_embedding") picks N; `model` becomes `arch`.
     """
     files: list[Path] = []
     for directory in directories:
@@ -208,10 +208,10 @@ def load_runs(directories: list[str | Path], params_key: str = "total") -> Point
     if not files:
         raise ScalingInputError(
             f"no metrics.json found under {', '.join(map(str, directories))}. A finished run writes "
-            f"metrics.json with model, params_total, params_non_embedding, tokens, flops and val_loss."
+            f"metrics.json with model, params_total, params_non_embedding, tokens, flops and val/loss (as train.py writes them)."
         )
     n_key = f"params_{params_key}"
-    required = ("model", n_key, "tokens", "flops", "val_loss")
+    required = ("model", n_key, "tokens", "flops", "val/loss")
     records = []
     for path in files:
         try:
@@ -231,7 +231,7 @@ def load_runs(directories: list[str | Path], params_key: str = "total") -> Point
         [float(r[n_key]) for r in records],
         [float(r["tokens"]) for r in records],
         [float(r["flops"]) for r in records],
-        [float(r["val_loss"]) for r in records],
+        [float(r["val/loss"]) for r in records],
         [str(r["model"]) for r in records],
         where,
         ", ".join(map(str, directories)),

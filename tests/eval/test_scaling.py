@@ -149,7 +149,7 @@ def write_sweep(root: Path, arches: dict[str, dict]) -> None:
             run = root / arch / f"run{i:02d}"
             run.mkdir(parents=True)
             metrics = {"model": arch, "params_total": int(n), "params_non_embedding": int(0.9 * n),
-                       "tokens": int(d), "flops": float(c), "val_loss": float(l)}
+                       "tokens": int(d), "flops": float(c), "val/loss": float(l)}
             (run / "metrics.json").write_text(json.dumps(metrics))
 
 
@@ -215,7 +215,7 @@ def test_cli_help_runs_as_module():
         ("missing_file", "does not exist"),
         ("missing_column", "lacks column(s) loss"),
         ("too_few_points", "needs at least 6"),
-        ("missing_metrics_key", "lacks key(s) val_loss"),
+        ("missing_metrics_key", "lacks key(s) val/loss"),
         ("no_metrics", "no metrics.json found"),
         ("negative_loss", "not a positive finite number"),
     ],

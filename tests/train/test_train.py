@@ -26,6 +26,10 @@ def test_short_training_run_lowers_validation_loss_and_writes_the_run_directory(
     assert tokens[60] == 60 * 4 * 32
     lr = scalars(tmp_path, "train/lr")
     assert lr[1] < lr[3] and lr[59] < lr[10]  # warmup then decay
+    from eval.scaling import load_runs  # the scaling fitter reads what train.py writes
+
+    points = load_runs([tmp_path])
+    assert points.loss.tolist() == [pytest.approx(saved["val/loss"])] and points.tokens.tolist() == [60 * 4 * 32]
 
 
 def test_resume_continues_the_step_count_and_reproduces_the_uninterrupted_losses(tmp_path, run_tiny):
