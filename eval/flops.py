@@ -233,3 +233,50 @@ def forward_flops_per_token(model: nn.Module, seq_len: int) -> float:
 def training_flops_per_token(model: nn.Module, seq_len: int) -> float:
     """Forward + backward FLOPs per token (backward counted as twice the forward)."""
     return 3 * forward_flops_per_token(model, seq_len)
+
+
+def layer_table(model: nn.Module, seq_len: int) -> str:
+    """Markdown table: per layer its block, parameters, forward FLOPs/token and decode state at
+    ``seq_len``; then the embedding/head and the totals (forward and training)."""
+    rows = ["| layer | mixer | channel mixer | params | fwd FLOPs/token | state (numbers) |", "|---:|---|---|---:|---:|---:|"]
+    for idx, layer in enumerate(model.layers):
+        mlp = "-" if layer.mlp is None else type(layer.mlp).__name__
+        params = sum(p.numel() for p in layer.parameters())
+        state = layer.mixer.state_size(seq_len)
+        rows.append(f"| {idx} | {type(layer.mixer).__name__} | {mlp} | {params:,} | {forward_flops_per_token(layer, seq_len):,.0f} | {state:,} |")
+    rows.append(f"| head | - | - | {model.head.weight.numel():,} | {forward_flops_per_token(model.head, seq_len):,.0f} | - |")
+    rows.append(
+        f"| total | - | - | {model.num_params():,} | {forward_flops_per_token(model, seq_len):,.0f} | {model.state_size(seq_len):,} |"
+    )
+    return "\n".join(rows) + f"\n\nTraining FLOPs/token (forward + backward): {training_flops_per_token(model, seq_len):,.0f}\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m eval.flops model=gla [--seq-len T] [any train.py override]``: per-layer table."""
+    import argparse
+    import sys
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    import train  # noqa: F401  (registers the config resolvers)
+    from arch.lm import LanguageModel
+
+    parser = argparse.ArgumentParser(prog="python -m eval.flops", description="Per-layer parameters, FLOPs and decode state of a model preset.")
+    parser.add_argument("overrides", nargs="*", help="train.py overrides, e.g. model=gla model.d_model=512")
+    parser.add_argument("--seq-len", type=int, default=2048, help="sequence length T for attention FLOPs and KV caches")
+    parser.add_argument("--vocab-size", type=int, default=None, help="vocabulary (default: model.vocab_size, else 257 bytes)")
+    args = parser.parse_args(argv if argv is not None else sys.argv[1:])
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=args.overrides)
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    vocab = args.vocab_size or model_cfg.get("vocab_size") or 257
+    model = LanguageModel.from_config(model_cfg, vocab_size=vocab)
+    print(f"model={model_cfg['name']} T={args.seq_len} vocab={vocab}\n")
+    print(layer_table(model, args.seq_len))
+
+
+if __name__ == "__main__":
+    main()

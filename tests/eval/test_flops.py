@@ -47,3 +47,13 @@ def test_attention_flops_grow_quadratically_and_windowed_linearly():
 def test_training_counts_backward_as_twice_the_forward():
     model = LanguageModel.from_config({"d_model": 32, "n_layers": 1, "vocab_size": 50, "blocks": BLOCKS})
     assert training_flops_per_token(model, 64) == 3 * forward_flops_per_token(model, 64)
+
+
+def test_cli_prints_a_row_per_layer_and_totals(capsys):
+    from eval.flops import main
+
+    main(["model=samba", "--seq-len", "512"])
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ")]
+    assert len(rows) == 1 + 4 + 2  # header, 4 layers, head, total
+    assert "Mamba" in out and "Attention" in out and "Training FLOPs/token" in out
