@@ -150,7 +150,7 @@ def load_points(path: str | Path) -> Points:
         raise ScalingInputError(
             f"points file {str(path)!r} does not exist or is not a file. Pass a CSV with one row per "
             f"run and columns params, tokens or flops, loss (and optionally arch), e.g. "
-            f"/work/shared/data/chinchilla_fig4_points.csv."
+            f"a file of (params, flops, loss) rows such as the Chinchilla Fig. 4 points."
         )
     with path.open(newline="") as handle:
         reader = csv.DictReader(handle)
