@@ -3,7 +3,6 @@ Mamba-2): the matmul-like part of each block's count is what FlopCounterMode see
 forward (within 10%); the elementwise part, invisible to the counter, is `ELEMENTWISE_FLOPS`."""
 
 import pytest
-import torch
 
 from arch.blocks.conv import BaseConv
 from arch.blocks.gla import GLA
@@ -11,9 +10,8 @@ from arch.blocks.hgrn2 import HGRN2
 from arch.blocks.linear_attention import LinearAttention
 from arch.blocks.mamba2 import Mamba2
 from arch.blocks.retnet import MultiScaleRetention
-from arch.lm import LanguageModel
-from eval.flops import _chunked_scan, forward_flops_per_token
-from test_flops_zoo2 import counter_flops, elementwise_per_token
+from eval.flops import _chunked_scan
+from test_flops_zoo2 import assert_block_flops_visible, assert_model_flops_visible
 
 D = 64
 BLOCKS = {
@@ -31,11 +29,7 @@ BLOCKS = {
 @pytest.mark.parametrize("seq_len", [64, 100, 200])  # 100: padded to whole chunks; 200: several chunks
 @pytest.mark.parametrize("name", BLOCKS)
 def test_visible_block_flops_match_the_counter(name, seq_len):
-    torch.manual_seed(0)
-    block, b = BLOCKS[name](), 2
-    visible = (forward_flops_per_token(block, seq_len) - elementwise_per_token(block, seq_len)) * b * seq_len
-    assert visible == pytest.approx(counter_flops(block, torch.randn(b, seq_len, D)), rel=0.1)
-    assert elementwise_per_token(block, seq_len) > 0
+    assert_block_flops_visible(BLOCKS[name], seq_len)
 
 
 @pytest.mark.parametrize("layers", [["gla", "retnet"], ["hgrn2", "mamba2"], ["base_conv", "linear_attention"]])
@@ -49,10 +43,7 @@ def test_visible_model_flops_match_the_counter(layers):
         "linear_attention": {"_target_": "arch.blocks.linear_attention.LinearAttention", "n_heads": 4, "backend": "torch"},
         "swiglu": {"_target_": "arch.blocks.mlp.SwiGLU"},
     }
-    model = LanguageModel.from_config({"d_model": D, "n_layers": 4, "vocab_size": 100, "layers": layers, "blocks": targets})
-    b, t = 2, 96
-    visible = (forward_flops_per_token(model, t) - elementwise_per_token(model, t)) * b * t
-    assert visible == pytest.approx(counter_flops(model, torch.randint(0, 100, (b, t))), rel=0.1)
+    assert_model_flops_visible(layers, targets)
 
 
 def test_chunked_scan_cost_is_linear_in_length_and_about_4Cd_plus_4d2_over_h():

@@ -37,14 +37,26 @@ def elementwise_per_token(module, seq_len) -> float:
     return sum(ELEMENTWISE_FLOPS[type(m)](m, seq_len) for m in module.modules() if type(m) in ELEMENTWISE_FLOPS)
 
 
-@pytest.mark.parametrize("seq_len", [64, 100])  # 100: chunked ops pad to whole chunks
-@pytest.mark.parametrize("name", BLOCKS)
-def test_visible_block_flops_match_the_counter(name, seq_len):
+def assert_block_flops_visible(make_block, seq_len: int, b: int = 2) -> None:
+    """The matmul-like part of eval.flops' count equals what FlopCounterMode sees (10%); the rest is > 0."""
     torch.manual_seed(0)
-    block, b = BLOCKS[name](), 2
+    block = make_block()
     visible = (forward_flops_per_token(block, seq_len) - elementwise_per_token(block, seq_len)) * b * seq_len
     assert visible == pytest.approx(counter_flops(block, torch.randn(b, seq_len, D)), rel=0.1)
     assert elementwise_per_token(block, seq_len) > 0
+
+
+def assert_model_flops_visible(layers: list[str], blocks: dict, b: int = 2, t: int = 96) -> None:
+    """The same check for a 4-layer LanguageModel built from ``layers`` (with SwiGLU MLPs)."""
+    model = LanguageModel.from_config({"d_model": D, "n_layers": 4, "vocab_size": 100, "layers": layers, "blocks": blocks})
+    visible = (forward_flops_per_token(model, t) - elementwise_per_token(model, t)) * b * t
+    assert visible == pytest.approx(counter_flops(model, torch.randint(0, 100, (b, t))), rel=0.1)
+
+
+@pytest.mark.parametrize("seq_len", [64, 100])  # 100: chunked ops pad to whole chunks
+@pytest.mark.parametrize("name", BLOCKS)
+def test_visible_block_flops_match_the_counter(name, seq_len):
+    assert_block_flops_visible(BLOCKS[name], seq_len)
 
 
 @pytest.mark.parametrize("preset", [["mamba", "rglru"], ["rwkv6", "rwkv6_channel"], ["h3", "rwkv7"]])
@@ -58,10 +70,7 @@ def test_visible_model_flops_match_the_counter(preset):
         "rwkv7": {"_target_": "arch.blocks.rwkv7.RWKV7TimeMix", "head_dim": 16},
         "swiglu": {"_target_": "arch.blocks.mlp.SwiGLU"},
     }
-    model = LanguageModel.from_config({"d_model": D, "n_layers": 4, "vocab_size": 100, "layers": preset, "blocks": targets})
-    b, t = 2, 96
-    visible = (forward_flops_per_token(model, t) - elementwise_per_token(model, t)) * b * t
-    assert visible == pytest.approx(counter_flops(model, torch.randint(0, 100, (b, t))), rel=0.1)
+    assert_model_flops_visible(preset, targets)
 
 
 def test_mamba_scan_is_about_twelve_d_inner_n_per_token():
