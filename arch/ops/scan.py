@@ -42,6 +42,12 @@ def _from_chunks(x: torch.Tensor, length: int) -> torch.Tensor:
     return x.flatten(1, 2)[:, :length]
 
 
+def _decay_into(out: torch.Tensor, deltas: torch.Tensor, A2, position: int) -> torch.Tensor:
+    """exp(delta_t A) at one chunk position, for every chunk at once, written into ``out`` (A2 = A log2 e)."""
+    torch.mul(deltas[:, :, position].unsqueeze(-2), A2, out=out)
+    return out.exp2_()
+
+
 class _StructuredDiagonalScan(torch.autograd.Function):
     """h_t = exp(delta_t ⊗ A) ⊙ h_{t-1} + x_t ⊗ k_t,  y_t = h_t c_t  (h_t in R^{D x N}).
 
@@ -73,8 +79,7 @@ class _StructuredDiagonalScan(torch.autograd.Function):
         decay = delta.new_empty(batch, n_chunks, 1 if A is None else A.shape[1], dim)
 
         def decay_at(position: int) -> torch.Tensor:
-            torch.mul(deltas[:, :, position].unsqueeze(-2), A2, out=decay)
-            return decay.exp2_()
+            return _decay_into(decay, deltas, A2, position)
 
         def add_input(state: torch.Tensor, position: int) -> torch.Tensor:
             if ks is None:
@@ -114,8 +119,7 @@ class _StructuredDiagonalScan(torch.autograd.Function):
         decay = torch.empty_like(starts[:, :n_chunks])
 
         def decay_at(position: int) -> torch.Tensor:
-            torch.mul(deltas[:, :, position].unsqueeze(-2), A2, out=decay)
-            return decay.exp2_()
+            return _decay_into(decay, deltas, A2, position)
 
         def add_output_grad(adjoint: torch.Tensor, position: int) -> torch.Tensor:
             if cs is None:
