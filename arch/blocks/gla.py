@@ -66,7 +66,7 @@ class GLA(nn.Module):
         gate_low_rank_dim: int = 16,
         gate_logit_normalizer: float = 16.0,
         norm_eps: float = 1e-5,
-        chunk_size: int = 64,
+        chunk_size: int = 16,
         backend: str = "auto",
     ):
         super().__init__()

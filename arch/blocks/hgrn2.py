@@ -38,7 +38,7 @@ class HGRN2(nn.Module):
         n_layers: int | None = None,
         output_gate: bool = True,
         norm_eps: float = 1e-5,
-        chunk_size: int = 64,
+        chunk_size: int = 16,
         backend: str = "auto",
     ):
         super().__init__()

@@ -48,7 +48,7 @@ class Mamba2(nn.Module):
         norm_eps: float = 1e-5,
         conv_bias: bool = True,
         bias: bool = False,
-        chunk_size: int = 64,
+        chunk_size: int = 16,
         backend: str = "auto",
     ):
         super().__init__()

@@ -37,7 +37,7 @@ class MultiScaleRetention(nn.Module):
         expand_v: float = 2.0,
         rope_base: float = 10000.0,
         norm_eps: float = 1e-5,
-        chunk_size: int = 64,
+        chunk_size: int = 16,
         backend: str = "auto",
     ):
         super().__init__()

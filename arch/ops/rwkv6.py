@@ -26,7 +26,7 @@ def rwkv6(
     *,
     scale: float = 1.0,
     initial_state: torch.Tensor | None = None,
-    chunk_size: int = 64,
+    chunk_size: int = 16,
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """RWKV-6 recurrence, chunked: o_t = scale * r_t (S_{t-1} + diag(u) k_t^T v_t),
@@ -84,7 +84,7 @@ def rwkv6_naive(
     *,
     scale: float = 1.0,
     initial_state: torch.Tensor | None = None,
-    chunk_size: int = 64,
+    chunk_size: int = 16,
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Token-by-token reference of `rwkv6` (same signature; chunk_size, backend ignored).

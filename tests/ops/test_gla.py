@@ -129,3 +129,20 @@ def test_fla_backend_on_cpu_raises_a_clear_error():
     q, k, v, log_decay, _ = make_inputs(8, "vector", dtype=torch.float32)
     with pytest.raises(RuntimeError, match="backend='fla'"):
         gated_linear_attention(q, k, v, log_decay, backend="fla")
+
+
+@pytest.mark.parametrize("decay", DECAYS)
+def test_cpu_segments_match_the_recurrence_with_gradients(monkeypatch, decay):
+    """A tiny segment budget cuts T=150 into segments of 64, 64 and 22 tokens (4 chunks of 16 each)."""
+    import arch.ops.gla as gla
+
+    monkeypatch.setattr(gla, "CPU_SEGMENT_ELEMENTS", 1)
+    q = make_inputs(150, decay)[0]
+    assert gla._segment_length(q, q, 16) == 64
+    inputs = make_inputs(150, decay)
+    o, state, grads = outputs_and_grads(gated_linear_attention, *inputs, chunk_size=16)
+    o_ref, state_ref, grads_ref = outputs_and_grads(gated_linear_attention_naive, *inputs)
+    torch.testing.assert_close(o, o_ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(state, state_ref, rtol=1e-10, atol=1e-10)
+    for grad, grad_ref in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(grad, grad_ref, rtol=1e-10, atol=1e-10)

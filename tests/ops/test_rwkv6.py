@@ -100,3 +100,17 @@ def test_fla_backend_on_cpu_raises_a_clear_error():
     r, k, v, log_decay, bonus, _ = make_inputs(8, dtype=torch.float32)
     with pytest.raises(RuntimeError, match="backend='fla'"):
         rwkv6(r, k, v, log_decay, bonus, backend="fla")
+
+
+def test_cpu_segments_match_the_recurrence_with_gradients(monkeypatch):
+    """Segments of 64 tokens (the smallest the budget allows) through the shared chunked scan."""
+    import arch.ops.gla as gla
+
+    monkeypatch.setattr(gla, "CPU_SEGMENT_ELEMENTS", 1)
+    inputs = make_inputs(150)
+    o, state, grads = outputs_and_grads(rwkv6, *inputs, scale=0.5, chunk_size=16)
+    o_ref, state_ref, grads_ref = outputs_and_grads(rwkv6_naive, *inputs, scale=0.5)
+    torch.testing.assert_close(o, o_ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(state, state_ref, rtol=1e-10, atol=1e-10)
+    for grad, grad_ref in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(grad, grad_ref, rtol=1e-10, atol=1e-10)
