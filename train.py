@@ -86,6 +86,7 @@ class RunConfig:
     seed: int = 0
     resume: bool = True
     mfu_peak_flops: float | None = None  # device peak for train/mfu; None: looked up for known GPUs
+    budget_flops: float | None = None  # training FLOPs of the run; when set, it decides trainer.max_steps
 
 
 def lr_factor(step: int, total: int, s: ScheduleConfig) -> float:
@@ -263,7 +264,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     callbacks_cfg = from_mapping(CallbacksConfig, run.callbacks, "callbacks")
     from_mapping(OptimConfig, run.optim, "optim")
     from_mapping(ScheduleConfig, run.schedule, "schedule")
-    finished = _finished_metrics(run_dir, run.trainer.get("max_steps"))
+    finished = _finished_metrics(run_dir, run.trainer.get("max_steps"), run.budget_flops)
     if finished is not None:  # a grid re-run skips the cells that are already done
         print(f"Run {run_dir} already finished {finished['steps']} steps; skipping (delete its metrics.json to retrain).")
         return finished
@@ -280,6 +281,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     if model_vocab is not None and model_vocab < vocab_size:
         raise ConfigError(f"model.vocab_size={model_vocab} is smaller than the tokenizer's {vocab_size}; remove it to use the tokenizer's.")
     trainer_spec = dict(run.trainer)
+    if run.budget_flops is not None:
+        trainer_spec["max_steps"] = steps_for_budget(run.budget_flops, run.model, run.data, trainer_spec, model_vocab or vocab_size)
+        log.info("budget_flops=%.3g: %d steps", run.budget_flops, trainer_spec["max_steps"])
     max_steps = trainer_spec.get("max_steps", -1)
     if not isinstance(max_steps, int) or max_steps <= 0:
         raise ConfigError(f"trainer.max_steps must be a positive int (the schedule needs it), got {max_steps!r}.")
@@ -338,6 +342,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         model=run.model.get("name"), steps=trainer.global_step, tokens=task.tokens_seen,
         flops=task.tokens_seen * (task.flops_per_token or 0.0), params_total=task.model.num_params(),
         params_non_embedding=task.model.num_params(non_embedding=True), wall_time_s=time.time() - started,
+        budget_flops=run.budget_flops,
     )
     if hasattr(datamodule, "bytes_per_token"):
         metrics["val/bits_per_byte"] = datamodule.val_bits_per_byte(metrics["val/loss"])
@@ -376,8 +381,38 @@ def _report(metrics: dict, run_dir: Path) -> None:
     print("\n".join(lines), flush=True)
 
 
-def _finished_metrics(run_dir: Path, max_steps: Any) -> dict | None:
-    """The metrics of a run in ``run_dir`` that already trained ``max_steps`` steps, else None."""
+def steps_for_budget(budget: float, model: dict, data: dict, trainer: dict, vocab_size: int) -> int:
+    """Optimizer steps that spend ``budget`` training FLOPs (eval.flops, forward + backward) at the
+    run's tokens per step: data.batch_size x data.seq_len per device, x devices x num_nodes x
+    accumulate_grad_batches. The model is built on the meta device: nothing is allocated."""
+    from arch.lm import LanguageModel
+    from eval.flops import training_flops_per_token
+
+    if not isinstance(budget, (int, float)) or budget <= 0:
+        raise ConfigError(f"budget_flops must be a positive number of FLOPs, got {budget!r}.")
+    seq_len, batch = data.get("seq_len"), data.get("batch_size")
+    counts = {"devices": trainer.get("devices", 1), "num_nodes": trainer.get("num_nodes", 1),
+              "accumulate_grad_batches": trainer.get("accumulate_grad_batches", 1)}
+    if not (isinstance(seq_len, int) and isinstance(batch, int)):
+        raise ConfigError(
+            f"budget_flops needs the tokens of a step: data.seq_len and data.batch_size must be integers "
+            f"(got {seq_len!r} and {batch!r}). Set them, or set trainer.max_steps and leave budget_flops null."
+        )
+    bad = {k: v for k, v in counts.items() if not (isinstance(v, int) and v > 0)}
+    if bad:
+        raise ConfigError(
+            f"budget_flops needs the number of data-parallel replicas, but {bad} is not a positive count. "
+            "Set trainer.devices (and num_nodes) to numbers, e.g. trainer.devices=8."
+        )
+    with torch.device("meta"):
+        lm = LanguageModel.from_config(model, vocab_size=vocab_size)
+    tokens_per_step = seq_len * batch * counts["devices"] * counts["num_nodes"] * counts["accumulate_grad_batches"]
+    return max(1, round(budget / (training_flops_per_token(lm, seq_len) * tokens_per_step)))
+
+
+def _finished_metrics(run_dir: Path, max_steps: Any, budget_flops: float | None = None) -> dict | None:
+    """The metrics of a run in ``run_dir`` that already trained ``max_steps`` steps (or spent
+    ``budget_flops``, when that is set), else None."""
     path = run_dir / "metrics.json"
     if not path.exists():
         return None
@@ -385,6 +420,8 @@ def _finished_metrics(run_dir: Path, max_steps: Any) -> dict | None:
         metrics = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+    if budget_flops is not None:
+        return metrics if metrics.get("budget_flops") == budget_flops else None
     return metrics if metrics.get("steps") == max_steps else None
 
 

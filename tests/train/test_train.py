@@ -82,3 +82,43 @@ def test_no_weight_decay_on_norms_biases_and_embeddings(tmp_path):
     names = {n for n, p in task.model.named_parameters() if id(p) in decayed}
     assert names and all(n.endswith("weight") and "norm" not in n and "embedding" not in n for n in names)
     assert "layers.0.mixer.q_proj.bias" not in names and "layers.0.mixer.q_proj.weight" in names
+
+
+def test_flops_budget_sets_the_step_count_and_a_rerun_skips_the_finished_run(tmp_path, run_tiny):
+    first = run_tiny(tmp_path, "budget_flops=2e9", "trainer.max_steps=1000", "trainer.val_check_interval=1000")
+    # the spent FLOPs land within one step of the budget, whatever trainer.max_steps said
+    per_step = first["flops"] / first["steps"]
+    assert 1 < first["steps"] < 1000 and abs(first["flops"] - 2e9) <= per_step / 2
+    assert first["budget_flops"] == 2e9
+    again = run_tiny(tmp_path, "budget_flops=2e9", "trainer.max_steps=1000", "trainer.val_check_interval=1000")
+    assert again == json.loads((tmp_path / "metrics.json").read_text())  # skipped: nothing retrained
+    assert "wall_time_s" in again and again["wall_time_s"] == first["wall_time_s"]
+
+
+@pytest.mark.parametrize(
+    ("data", "trainer", "message"),
+    [
+        ({"seq_len": None, "batch_size": 4}, {"devices": 1}, "data.seq_len and data.batch_size"),
+        ({"seq_len": 32, "batch_size": 4}, {"devices": "auto"}, "trainer.devices"),
+    ],
+)
+def test_flops_budget_without_a_step_size_is_a_config_error(data, trainer, message):
+    with pytest.raises(train_module.ConfigError, match=message):
+        train_module.steps_for_budget(1e9, {}, data, trainer, 257)
+
+
+def test_flops_budget_scales_steps_with_the_inverse_model_cost():
+    from conftest import compose_config
+    from omegaconf import OmegaConf
+
+    def steps(d_model):
+        cfg = OmegaConf.to_container(compose_config([f"model.d_model={d_model}", "data.seq_len=64", "data.batch_size=2"]))
+        return train_module.steps_for_budget(1e12, cfg["model"], cfg["data"], {"devices": 2, "num_nodes": 1}, 257)
+
+    from arch.lm import LanguageModel
+    from eval.flops import training_flops_per_token
+
+    cfg = OmegaConf.to_container(compose_config(["model.d_model=64"]))
+    per_token = training_flops_per_token(LanguageModel.from_config(cfg["model"], vocab_size=257), 64)
+    assert steps(64) == round(1e12 / (per_token * 64 * 2 * 2))  # two replicas share the budget
+    assert steps(128) < steps(64) / 2.5
