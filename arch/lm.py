@@ -54,7 +54,12 @@ def _norm(kind: str, d: int, eps: float) -> nn.Module:
 
 
 class Layer(nn.Module):
-    """x + mixer(norm(x)), then x + mlp(norm(x)); or x + mixer(h) + mlp(h), h = norm(x), when parallel."""
+    """x + mixer(norm(x)), then x + mlp(norm(x)); or x + mixer(h) + mlp(h), h = norm(x), when parallel.
+
+    A mixer whose class sets ``uses_shared = True`` also gets ``shared``: a dict made fresh for every
+    forward (or decode step) of the model and handed to its layers in order, the one channel between
+    layers (RWKV-7's value residual reads the first RWKV-7 layer's values from it).
+    """
 
     def __init__(self, mixer: nn.Module, mlp: nn.Module | None, d_model: int, norm: str, eps: float, parallel: bool):
         super().__init__()
@@ -62,6 +67,7 @@ class Layer(nn.Module):
         self.mlp = None if mlp is None or isinstance(mlp, Identity) else mlp
         self.parallel = parallel and self.mlp is not None
         self.norm2 = _norm(norm, d_model, eps) if self.mlp is not None and not self.parallel else None
+        self.shares = getattr(mixer, "uses_shared", False)
 
     def _combine(self, x: torch.Tensor, h: torch.Tensor, mixed: torch.Tensor) -> torch.Tensor:
         if self.mlp is None:
@@ -71,13 +77,13 @@ class Layer(nn.Module):
         x = x + mixed
         return x + self.mlp(self.norm2(x))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, shared: dict | None = None) -> torch.Tensor:
         h = self.norm1(x)
-        return self._combine(x, h, self.mixer(h))
+        return self._combine(x, h, self.mixer(h, shared=shared) if self.shares else self.mixer(h))
 
-    def step(self, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+    def step(self, x: torch.Tensor, state: Any, shared: dict | None = None) -> tuple[torch.Tensor, Any]:
         h = self.norm1(x)
-        mixed, state = self.mixer.step(h, state)
+        mixed, state = self.mixer.step(h, state, shared=shared) if self.shares else self.mixer.step(h, state)
         return self._combine(x, h, mixed), state
 
 
@@ -158,9 +164,9 @@ class LanguageModel(nn.Module):
 
     def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Final-normed hidden states [B, T, d_model] for token ids [B, T]."""
-        x = self._embed(input_ids)
+        x, shared = self._embed(input_ids), {}
         for layer in self.layers:
-            x = layer(x)
+            x = layer(x, shared)
         return self.norm(x)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -192,10 +198,10 @@ class LanguageModel(nn.Module):
 
     def step(self, input_ids: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
         """Logits [B, 1, vocab] for one token per sequence [B, 1], continuing from ``state``."""
-        x = self._embed(input_ids, start=state["pos"])
+        x, shared = self._embed(input_ids, start=state["pos"]), {}
         new_layers = []
         for layer, layer_state in zip(self.layers, state["layers"]):
-            x, layer_state = layer.step(x, layer_state)
+            x, layer_state = layer.step(x, layer_state, shared)
             new_layers.append(layer_state)
         return self.head(self.norm(x)), {"pos": state["pos"] + 1, "layers": new_layers}
 

@@ -8,10 +8,14 @@ Evolution"). With token shift dx_t = x_{t-1} - x_t and x_* = x_t + dx_t * mu_* (
     kk   = L2-normalise(k * k_k) per head,   k <- k * (1 + (a - 1) * k_a)
     S_t  = S_{t-1} (diag(exp(-exp(w_t))) - kk_t (kk_t * a_t)^T) + v_t k_t^T,   o_t = S_t r_t
     out  = out_proj((GroupNorm_per_head(o) + (sum(r * k * r_k) per head) v) * g)
+    value residual (every RWKV-7 layer after the first):
+         v <- v + (v_first - v) * sigmoid(v0 + x_v A_v B_v),   v_first = the first RWKV-7 layer's v
 
-Omitted: the value residual (v mixed with layer 0's v). It needs a tensor handed from the first
-layer to every later one, which the block contract (independent layers, per-layer state) has no
-place for; adding it would change the LanguageModel for one family. The channel mix is RWKV-6's
+v_first travels through the model's per-forward ``shared`` dict (`arch.lm.Layer`); the first RWKV-7
+layer to run puts its v there. A block used on its own (no ``shared``) has no value residual. The
+residual's parameters exist for layer_idx > 0; should such a layer still be the first RWKV-7 layer
+of a hybrid, the formula runs with v_first = v (an identity whose parameters get zero gradients).
+The channel mix is RWKV-6's
 without the receptance gate (`RWKV6ChannelMix(receptance=False)`, expansion 4); presets alternate
 ``[rwkv7, rwkv7_channel]`` as for RWKV-6. Initialisation follows the official recipe at a fixed
 depth ratio of 1/2 (a block is not told n_layers).
@@ -32,6 +36,7 @@ class RWKV7TimeMix(nn.Module):
     S [B, H, head_dim, head_dim]."""
 
     MIXED = ("r", "w", "k", "v", "a", "g")
+    uses_shared = True  # reads and writes the value residual's v_first (arch.lm.Layer)
 
     def __init__(
         self,
@@ -41,6 +46,8 @@ class RWKV7TimeMix(nn.Module):
         decay_rank: int = 64,
         a_rank: int = 64,
         gate_rank: int = 128,
+        value_rank: int = 32,
+        value_residual: bool = True,
         gn_eps: float = 64e-5,
     ):
         super().__init__()
@@ -57,6 +64,9 @@ class RWKV7TimeMix(nn.Module):
         self.a_up = nn.Linear(a_rank, d_model)  # bias: a0
         self.g_down = nn.Linear(d_model, gate_rank, bias=False)
         self.g_up = nn.Linear(gate_rank, d_model, bias=False)
+        self.value_residual = value_residual and layer_idx > 0
+        self.v_down = nn.Linear(d_model, value_rank, bias=False) if self.value_residual else None
+        self.v_up = nn.Linear(value_rank, d_model) if self.value_residual else None  # bias: v0
         self.k_k = nn.Parameter(torch.empty(d_model))
         self.k_a = nn.Parameter(torch.empty(d_model))
         self.r_k = nn.Parameter(torch.empty(self.n_heads, head_dim))
@@ -69,9 +79,12 @@ class RWKV7TimeMix(nn.Module):
         d = self.mu.shape[-1]
         ramp, depth = channel_ramp(d), 0.5
         self.mu.copy_(torch.stack([1 - ramp ** (p * depth) for p in (0.2, 0.9, 0.7, 0.7, 0.9, 0.2)]))
-        for down, up in ((self.decay_down, self.decay_up), (self.a_down, self.a_up), (self.g_down, self.g_up)):
+        low_rank = [(self.decay_down, self.decay_up), (self.a_down, self.a_up), (self.g_down, self.g_up)]
+        for down, up in low_rank + ([(self.v_down, self.v_up)] if self.value_residual else []):
             nn.init.zeros_(down.weight)
             nn.init.uniform_(up.weight, -0.01, 0.01)
+        if self.value_residual:
+            nn.init.ones_(self.v_up.bias)  # v0 = 1: sigmoid(1) = 0.73 of v_first at initialisation
         n = torch.arange(d, dtype=torch.float32) / max(d - 1, 1)
         self.decay_up.bias.copy_(-7 + 5 * n ** (0.85 + depth**0.5) + 0.5)
         nn.init.zeros_(self.a_up.bias)
@@ -83,7 +96,7 @@ class RWKV7TimeMix(nn.Module):
         """-exp(w), w = -softplus(-(w0 + tanh(x_w A_w) B_w)) - 1/2: in [-e^-1/2, 0), [B, T, d_model]."""
         return -torch.exp(-F.softplus(-self.decay_up(torch.tanh(self.decay_down(x_w)))) - 0.5)
 
-    def _mix(self, x: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict]:
+    def _mix(self, x: torch.Tensor, state: dict | None, shared: dict | None) -> tuple[torch.Tensor, dict]:
         batch, length, d = x.shape
         dx = token_shift(x, None if state is None else state["last"]) - x
         xr, xw, xk, xv, xa, xg = (x.unsqueeze(2) + dx.unsqueeze(2) * self.mu).unbind(2)
@@ -93,14 +106,19 @@ class RWKV7TimeMix(nn.Module):
         k = self.k_proj(xk)
         kk = F.normalize((k * self.k_k).unflatten(-1, heads), dim=-1)
         k = (k * (1 + (a - 1) * self.k_a)).unflatten(-1, heads)
-        r, v, a = self.r_proj(xr).unflatten(-1, heads), self.v_proj(xv).unflatten(-1, heads), a.unflatten(-1, heads)
+        v = self.v_proj(xv)
+        if shared is not None:
+            v_first = shared.setdefault("rwkv7_v_first", v)
+            if self.value_residual:
+                v = v + (v_first - v) * torch.sigmoid(self.v_up(self.v_down(xv)))
+        r, v, a = self.r_proj(xr).unflatten(-1, heads), v.unflatten(-1, heads), a.unflatten(-1, heads)
         o, S = rwkv7(r, self.log_decay(xw).unflatten(-1, heads), k, v, -kk, kk * a, initial_state=None if state is None else state["S"])
         o = self.group_norm(o.reshape(batch * length, d)).view(batch, length, *heads)
         o = o + (r * k * self.r_k).sum(-1, keepdim=True) * v
         return self.out_proj(o.flatten(2) * g), {"last": x[:, -1], "S": S}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._mix(x, None)[0]
+    def forward(self, x: torch.Tensor, shared: dict | None = None) -> torch.Tensor:
+        return self._mix(x, None, shared)[0]
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> dict:
         return {
@@ -108,8 +126,8 @@ class RWKV7TimeMix(nn.Module):
             "S": torch.zeros(batch_size, self.n_heads, self.head_dim, self.head_dim, device=device, dtype=dtype),
         }
 
-    def step(self, x: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
-        return self._mix(x, state)
+    def step(self, x: torch.Tensor, state: dict, shared: dict | None = None) -> tuple[torch.Tensor, dict]:
+        return self._mix(x, state, shared)
 
     def state_size(self, seq_len: int) -> int:
         return self.n_heads * self.head_dim * (1 + self.head_dim)

@@ -62,3 +62,54 @@ def test_rwkv7_decay_is_bounded_by_exp_minus_exp_minus_half():
     log_decay = block.log_decay(torch.randn(2, 50, D, dtype=torch.float64).float()).double()
     assert log_decay.min() >= -torch.exp(torch.tensor(-0.5, dtype=torch.float64)) - 1e-6
     assert log_decay.max() <= 0 and log_decay.min() < -0.5  # the full range is reached
+
+
+def _value_residual_pair():
+    torch.manual_seed(0)
+    first, later = RWKV7TimeMix(D, layer_idx=0, head_dim=8).double(), RWKV7TimeMix(D, layer_idx=2, head_dim=8).double()
+    with torch.no_grad():
+        later.v_down.weight.normal_(std=0.3)
+    assert first.v_up is None and later.v_up is not None  # the first layer has no residual to take
+    return first, later
+
+
+@pytest.mark.parametrize("v0", [-50.0, 0.0, 50.0])
+def test_rwkv7_value_residual_mixes_in_the_first_layers_values(v0):
+    first, later = _value_residual_pair()
+    x0, x2 = torch.randn(2, 2, 9, D, dtype=torch.float64)
+    with torch.no_grad():
+        later.v_up.bias.fill_(v0)
+    shared = {}
+    first(x0, shared)
+    out = later(x2, shared)
+    # other v_first: matters unless the gate is shut (v0 = -50: sigmoid 0, v = the layer's own v)
+    other = dict(rwkv7_v_first=shared["rwkv7_v_first"] + 1.0)
+    assert torch.allclose(later(x2, other), out) == (v0 < 0)
+    # the layer's own value projection: matters unless the gate is wide open (v = v_first)
+    with torch.no_grad():
+        later.v_proj.weight.mul_(2)
+    assert torch.allclose(later(x2, shared), out) == (v0 > 0)
+    assert not torch.allclose(later(x2), out)  # on its own (no shared dict), no residual at all
+
+
+def test_rwkv7_value_residual_decodes_like_the_forward_through_the_model():
+    from arch.lm import LanguageModel
+
+    blocks = {
+        "rwkv7": {"_target_": "arch.blocks.rwkv7.RWKV7TimeMix", "head_dim": 8, "value_rank": 4},
+        "channel": {"_target_": "arch.blocks.rwkv6.RWKV6ChannelMix", "receptance": False},
+    }
+    torch.manual_seed(0)
+    model = LanguageModel.from_config(dict(d_model=D, n_layers=4, vocab_size=40, layers=["rwkv7", "channel"], mlp=None, blocks=blocks)).double()
+    for p in model.parameters():  # leave the zero-initialised low-rank factors: make every path active
+        with torch.no_grad():
+            p.add_(0.05 * torch.randn_like(p))
+    ids = torch.randint(0, 40, (2, 11))
+    full = model(ids)
+    state, steps = model.init_state(2), []
+    for t in range(11):
+        logits, state = model.step(ids[:, t : t + 1], state)
+        steps.append(logits)
+    torch.testing.assert_close(torch.cat(steps, 1), full)
+    model(ids).sum().backward()
+    assert model.layers[2].mixer.v_up.weight.grad.abs().sum() > 0
