@@ -10,8 +10,8 @@ with the input gate tied to the forget gate. Per head (key dim = expand_ratio, v
     out = out_proj(RMSNorm(o) * silu(W_g x))         (output gate optional)
 
 The lower bound beta grows with depth in HGRN (learned per layer, initialised at layer_idx / n_layers);
-here it is fixed: ``lower_bound`` for every layer, or layer_idx / n_layers when ``n_layers`` is given
-(HGRN's initial value, not trained). A block is not told the model depth, so a preset passes it.
+here it is fixed at HGRN's initial value layer_idx / n_layers (the model passes n_layers; a block on
+its own gets 0), or at ``lower_bound`` for every layer when that is set. It is not trained.
 Runs on `gated_linear_attention` with log_decay = log f. Decode state: S [B, H, Dk, Dv].
 """
 
@@ -34,7 +34,7 @@ class HGRN2(nn.Module):
         layer_idx: int = 0,
         n_heads: int = 4,
         expand_ratio: int = 16,
-        lower_bound: float = 0.0,
+        lower_bound: float | None = None,
         n_layers: int | None = None,
         output_gate: bool = True,
         norm_eps: float = 1e-5,
@@ -46,7 +46,7 @@ class HGRN2(nn.Module):
             raise ValueError(f"d_model={d_model} must be a multiple of n_heads={n_heads}")
         self.n_heads, self.head_k, self.head_v = n_heads, expand_ratio, d_model // n_heads
         self.key_dim, self.value_dim = n_heads * expand_ratio, d_model
-        self.lower_bound = layer_idx / n_layers if n_layers else lower_bound
+        self.lower_bound = lower_bound if lower_bound is not None else (layer_idx / n_layers if n_layers else 0.0)
         if not 0.0 <= self.lower_bound < 1.0:
             raise ValueError(f"the forget gate's lower bound must lie in [0, 1), got {self.lower_bound}")
         self.chunk_size, self.backend = chunk_size, backend

@@ -20,8 +20,11 @@ token it is a sequence mixer with a decode state (the last token), not a positio
 are blocks and a preset alternates them: ``layers: [rwkv6, rwkv6_channel]``, ``mlp: null``,
 ``n_layers`` = 2 x the RWKV depth. The language model needs nothing new.
 
-Initialisation follows the official recipe at a fixed depth ratio of 1/2: the recipe interpolates by
-layer_idx / n_layers, and a block is not told n_layers.
+Initialisation follows the official recipe, which interpolates by depth: ratio_0_to_1 =
+layer_idx / (n_layers - 1) and ratio_1_to_almost0 = 1 - layer_idx / n_layers (`depth_ratios`). The
+language model passes ``n_layers`` to every block that takes it; a block built on its own uses 1/2
+for both. With time and channel mixes as alternate layers, layer_idx / n_layers is the RWKV block's
+own depth fraction.
 """
 
 from __future__ import annotations
@@ -44,6 +47,14 @@ def channel_ramp(d: int) -> torch.Tensor:
     return torch.arange(d, dtype=torch.float32) / d
 
 
+def depth_ratios(layer_idx: int, n_layers: int | None) -> tuple[float, float]:
+    """(ratio_0_to_1, ratio_1_to_almost0) = (layer_idx / (n_layers - 1), 1 - layer_idx / n_layers) of
+    the official RWKV initialisation; (1/2, 1/2) when the depth is unknown (a block on its own)."""
+    if n_layers is None:
+        return 0.5, 0.5
+    return layer_idx / max(n_layers - 1, 1), 1 - layer_idx / n_layers
+
+
 class RWKV6TimeMix(nn.Module):
     """RWKV-6 time mixing (module docstring). Decode state: the last token [B, d_model] and the wkv
     state [B, H, head_dim, head_dim]."""
@@ -59,11 +70,13 @@ class RWKV6TimeMix(nn.Module):
         decay_rank: int = 64,
         gn_eps: float = 64e-5,
         backend: str = "auto",
+        n_layers: int | None = None,
     ):
         super().__init__()
         if d_model % head_dim:
             raise ValueError(f"d_model={d_model} must be a multiple of head_dim={head_dim}")
         self.n_heads, self.head_dim, self.backend = d_model // head_dim, head_dim, backend
+        self.depth = depth_ratios(layer_idx, n_layers)
         self.mu_x = nn.Parameter(torch.empty(d_model))
         self.mu = nn.Parameter(torch.empty(len(self.MIXED), d_model))
         self.mix_down = nn.Linear(d_model, len(self.MIXED) * mix_rank, bias=False)
@@ -83,18 +96,18 @@ class RWKV6TimeMix(nn.Module):
     def init_weights(self) -> None:
         d = self.mu.shape[-1]
         ramp = channel_ramp(d)
-        depth = 0.5  # 1 - layer_idx / n_layers in the official recipe; see the module docstring
-        full, half = 1 - ramp**depth, 1 - ramp ** (0.5 * depth)
+        up, down = self.depth  # ratio_0_to_1, ratio_1_to_almost0
+        full, half = 1 - ramp**down, 1 - ramp ** (0.5 * down)
         self.mu_x.copy_(full)
-        self.mu.copy_(torch.stack([full, full, full - 0.3 * depth, half, half]))  # w, k, v, r, g
+        self.mu.copy_(torch.stack([full, full, full - 0.3 * up, half, half]))  # w, k, v, r, g
         nn.init.zeros_(self.mix_down.weight)
         nn.init.uniform_(self.mix_up, -0.01, 0.01)
         nn.init.zeros_(self.decay_down.weight)
         nn.init.uniform_(self.decay_up.weight, -0.01, 0.01)
         n = torch.arange(d, dtype=torch.float32) / max(d - 1, 1)
-        self.decay_up.bias.copy_(-6 + 5 * n ** (0.7 + 1.3 * depth))
+        self.decay_up.bias.copy_(-6 + 5 * n ** (0.7 + 1.3 * up))
         zigzag = ((torch.arange(d) + 1) % 3 - 1).float() * 0.1
-        self.bonus.copy_((depth * (1 - n) + zigzag).view_as(self.bonus))
+        self.bonus.copy_((up * (1 - n) + zigzag).view_as(self.bonus))
 
     def log_decay(self, x_w: torch.Tensor) -> torch.Tensor:
         """w_t = -exp(w0 + tanh(x_w A_w) B_w) [B, T, d_model], the per-channel log-decay."""
@@ -133,9 +146,12 @@ class RWKV6ChannelMix(nn.Module):
     """RWKV channel mixing (module docstring), a sequence mixer whose decode state is the last token
     [B, d_model]. ``receptance=False`` drops the sigmoid(W_r .) gate: RWKV-7's channel mix."""
 
-    def __init__(self, d_model: int, layer_idx: int = 0, expansion: float = 3.5, receptance: bool = True):
+    def __init__(
+        self, d_model: int, layer_idx: int = 0, expansion: float = 3.5, receptance: bool = True, n_layers: int | None = None
+    ):
         super().__init__()
         hidden = int(expansion * d_model)
+        self.depth = depth_ratios(layer_idx, n_layers)
         self.mu_k = nn.Parameter(torch.empty(d_model))
         self.k_proj = nn.Linear(d_model, hidden, bias=False)
         self.out_proj = nn.Linear(hidden, d_model, bias=False)
@@ -145,7 +161,7 @@ class RWKV6ChannelMix(nn.Module):
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        ramp = channel_ramp(self.mu_k.shape[0]) ** 0.5  # depth ratio 1/2, as in the time mix
+        ramp = channel_ramp(self.mu_k.shape[0]) ** self.depth[1]  # ratio_1_to_almost0, as in the time mix
         self.mu_k.copy_(1 - ramp)
         if self.mu_r is not None:
             self.mu_r.copy_(1 - ramp)

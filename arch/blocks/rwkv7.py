@@ -17,8 +17,8 @@ residual's parameters exist for layer_idx > 0; should such a layer still be the 
 of a hybrid, the formula runs with v_first = v (an identity whose parameters get zero gradients).
 The channel mix is RWKV-6's
 without the receptance gate (`RWKV6ChannelMix(receptance=False)`, expansion 4); presets alternate
-``[rwkv7, rwkv7_channel]`` as for RWKV-6. Initialisation follows the official recipe at a fixed
-depth ratio of 1/2 (a block is not told n_layers).
+``[rwkv7, rwkv7_channel]`` as for RWKV-6. Initialisation follows the official recipe, interpolated
+by depth as in `arch.blocks.rwkv6` (`depth_ratios`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arch.blocks.rwkv6 import channel_ramp, token_shift
+from arch.blocks.rwkv6 import channel_ramp, depth_ratios, token_shift
 from arch.ops.scan import rwkv7
 
 
@@ -49,11 +49,13 @@ class RWKV7TimeMix(nn.Module):
         value_rank: int = 32,
         value_residual: bool = True,
         gn_eps: float = 64e-5,
+        n_layers: int | None = None,
     ):
         super().__init__()
         if d_model % head_dim:
             raise ValueError(f"d_model={d_model} must be a multiple of head_dim={head_dim}")
         self.n_heads, self.head_dim = d_model // head_dim, head_dim
+        self.depth = depth_ratios(layer_idx, n_layers)
         self.mu = nn.Parameter(torch.empty(len(self.MIXED), d_model))
         self.r_proj = nn.Linear(d_model, d_model, bias=False)
         self.k_proj = nn.Linear(d_model, d_model, bias=False)
@@ -77,8 +79,8 @@ class RWKV7TimeMix(nn.Module):
     @torch.no_grad()
     def init_weights(self) -> None:
         d = self.mu.shape[-1]
-        ramp, depth = channel_ramp(d), 0.5
-        self.mu.copy_(torch.stack([1 - ramp ** (p * depth) for p in (0.2, 0.9, 0.7, 0.7, 0.9, 0.2)]))
+        ramp, (ratio_0_to_1, ratio_1_to_almost0) = channel_ramp(d), self.depth
+        self.mu.copy_(torch.stack([1 - ramp ** (p * ratio_1_to_almost0) for p in (0.2, 0.9, 0.7, 0.7, 0.9, 0.2)]))
         low_rank = [(self.decay_down, self.decay_up), (self.a_down, self.a_up), (self.g_down, self.g_up)]
         for down, up in low_rank + ([(self.v_down, self.v_up)] if self.value_residual else []):
             nn.init.zeros_(down.weight)
@@ -86,7 +88,7 @@ class RWKV7TimeMix(nn.Module):
         if self.value_residual:
             nn.init.ones_(self.v_up.bias)  # v0 = 1: sigmoid(1) = 0.73 of v_first at initialisation
         n = torch.arange(d, dtype=torch.float32) / max(d - 1, 1)
-        self.decay_up.bias.copy_(-7 + 5 * n ** (0.85 + depth**0.5) + 0.5)
+        self.decay_up.bias.copy_(-7 + 5 * n ** (0.85 + ratio_0_to_1**0.5) + 0.5)
         nn.init.zeros_(self.a_up.bias)
         self.k_k.fill_(0.85)
         self.k_a.fill_(1.0)

@@ -45,3 +45,14 @@ def test_hgrn2_equals_gla_with_tied_gates_and_swish_query(output_gate):
         o = o * F.silu(block.g_proj(x))
     torch.testing.assert_close(block(x), block.out_proj(o), rtol=1e-9, atol=1e-9)
     assert_decode_matches_forward(block, D, T=9)
+
+
+def test_hgrn2_in_a_model_gets_the_model_depth():
+    from arch.lm import LanguageModel
+
+    blocks = {"hgrn2": {"_target_": "arch.blocks.hgrn2.HGRN2", "n_heads": 4, "expand_ratio": 16}}
+    model = LanguageModel.from_config(dict(d_model=D, n_layers=4, vocab_size=40, layers=["hgrn2"], mlp=None, blocks=blocks))
+    assert [layer.mixer.lower_bound for layer in model.layers] == [0.0, 0.25, 0.5, 0.75]
+    fixed = {"hgrn2": {**blocks["hgrn2"], "lower_bound": 0.1}}
+    model = LanguageModel.from_config(dict(d_model=D, n_layers=4, vocab_size=40, layers=["hgrn2"], mlp=None, blocks=fixed))
+    assert {layer.mixer.lower_bound for layer in model.layers} == {0.1}

@@ -113,3 +113,26 @@ def test_rwkv7_value_residual_decodes_like_the_forward_through_the_model():
     torch.testing.assert_close(torch.cat(steps, 1), full)
     model(ids).sum().backward()
     assert model.layers[2].mixer.v_up.weight.grad.abs().sum() > 0
+
+
+def test_rwkv_init_interpolates_by_depth_when_the_model_passes_n_layers():
+    from arch.blocks.rwkv6 import channel_ramp
+    from arch.lm import LanguageModel
+
+    blocks = {
+        "rwkv6": {"_target_": "arch.blocks.rwkv6.RWKV6TimeMix", "head_dim": 8},
+        "channel": {"_target_": "arch.blocks.rwkv6.RWKV6ChannelMix"},
+    }
+    model = LanguageModel.from_config(dict(d_model=D, n_layers=6, vocab_size=40, layers=["rwkv6", "channel"], mlp=None, blocks=blocks))
+    n = torch.arange(D) / (D - 1)
+    ramp = channel_ramp(D)
+    for idx in (0, 4):
+        block = model.layers[idx].mixer
+        up, down = idx / 5, 1 - idx / 6  # ratio_0_to_1, ratio_1_to_almost0 of the official recipe
+        torch.testing.assert_close(block.decay_up.bias.detach(), -6 + 5 * n ** (0.7 + 1.3 * up))
+        torch.testing.assert_close(block.mu.detach()[1], 1 - ramp**down)  # mu_k
+        torch.testing.assert_close(block.mu.detach()[2], 1 - ramp**down - 0.3 * up)  # mu_v
+    channel = model.layers[5].mixer
+    torch.testing.assert_close(channel.mu_k.detach(), 1 - ramp ** (1 - 5 / 6))
+    # a block built on its own knows no depth: ratio 1/2 for both
+    torch.testing.assert_close(RWKV6TimeMix(D, head_dim=8).decay_up.bias.detach(), -6 + 5 * n ** (0.7 + 1.3 * 0.5))
