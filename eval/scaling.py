@@ -43,6 +43,7 @@ LOG_PARAMETER_NAMES = ("a", "b", "e", "alpha", "beta")  # order of the optimiser
 HUBER_DELTA = 1e-3
 GRID_EDGE_FRACTION = 0.01
 MIN_POINTS = len(LOG_PARAMETER_NAMES) + 1
+ZERO_E_LOG = -100.0  # e = log E at or below this is E = 0 (`--fix-e 0`: pure power laws)
 ALL_ARCHES = "all"
 
 
@@ -255,6 +256,12 @@ class StartGrid:
         low, high, step = getattr(self, name)
         return np.arange(low, high + step / 2, step)
 
+    @property
+    def fixed(self) -> np.ndarray:
+        """bool [5] over theta: an axis with low == high holds that log-parameter fixed in the fit
+        (e.g. `--fix-e`: the irreducible loss, when the sweep is too small to identify it)."""
+        return np.array([getattr(self, name)[0] == getattr(self, name)[1] for name in LOG_PARAMETER_NAMES])
+
     def starts(self) -> np.ndarray:
         """All grid points as theta = (a, b, e, alpha, beta), shape [S, 5]."""
         mesh = np.meshgrid(*(self.axis(name) for name in LOG_PARAMETER_NAMES), indexing="ij")
@@ -296,13 +303,15 @@ def _levenberg_marquardt(
     *,
     rel_tol: float = 1e-10,
     max_iter: int = 400,
+    fixed: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Minimise the summed Huber loss from every row of theta [S, 5] at once; data [S or 1, n].
 
     Each start takes damped Gauss-Newton steps on the iteratively reweighted form of the Huber
     loss (weight psi(r)/r: 1 inside delta, delta/|r| outside), which majorises it, so accepted
     steps decrease the true objective. A start stops once an accepted step gains less than
-    `rel_tol` of its objective, or no damping finds a decrease.
+    `rel_tol` of its objective, or no damping finds a decrease. `fixed` (bool [5]) marks
+    parameters that keep their starting values.
     """
     theta = theta.copy()
     shared = len(x) == 1
@@ -318,6 +327,9 @@ def _levenberg_marquardt(
         weight = np.divide(psi, r, out=np.ones_like(r), where=r != 0)
         normal = np.matmul(jac * weight[:, None, :], jac.transpose(0, 2, 1))
         gradient = np.matmul(jac, psi[..., None])[..., 0]
+        if fixed is not None and fixed.any():  # no step along a fixed parameter
+            normal[:, fixed, :], normal[:, :, fixed], gradient[:, fixed] = 0.0, 0.0, 0.0
+            normal[:, fixed, fixed] = 1.0
         diagonal = np.diagonal(normal, axis1=1, axis2=2)
         shift = damping[active, None] * (diagonal + 1e-9 * diagonal.max(axis=1, keepdims=True))
         step = np.linalg.solve(normal + shift[..., None] * np.eye(5), -gradient[..., None])[..., 0]
@@ -382,11 +394,13 @@ class ParametricFit:
     n_starts: int
     minima: np.ndarray
     minima_objective: np.ndarray
+    fixed: tuple[str, ...] = ()  # names (of PARAMETER_NAMES) held at their grid value
 
     @property
     def params(self) -> dict[str, float]:
         a, b, e, alpha, beta = self.theta
-        return {"E": math.exp(e), "A": math.exp(a), "B": math.exp(b), "alpha": float(alpha), "beta": float(beta)}
+        E = 0.0 if e <= ZERO_E_LOG else math.exp(e)
+        return {"E": E, "A": math.exp(a), "B": math.exp(b), "alpha": float(alpha), "beta": float(beta)}
 
     def loss(self, params, tokens):
         """L(N, D) = E + A / N^alpha + B / D^beta."""
@@ -413,6 +427,8 @@ def _check_within_grid(theta: np.ndarray, grid: StartGrid) -> None:
     """
     for name, value in zip(LOG_PARAMETER_NAMES, theta):
         low, high, step = getattr(grid, name)
+        if low == high:  # held fixed
+            continue
         margin = GRID_EDGE_FRACTION * (high - low)
         if low + margin <= value <= high - margin:
             continue
@@ -461,7 +477,8 @@ def fit_parametric(
     convergence; the `n_polish` best distinct local minima are polished with scipy L-BFGS-B
     (analytic gradient) and the best is kept (`survivors=1` runs every start to convergence).
     Raises GridBoundaryError (when `check_grid`) if that best fit lies at the edge of the grid,
-    ScalingInputError if there are fewer than 6 points.
+    ScalingInputError if there are fewer than 6 points. A `grid` axis with low == high holds that
+    parameter fixed (see `StartGrid.fixed`).
     """
     x, y, t = _log_data(params, tokens, loss)
     n = x.shape[1]
@@ -471,10 +488,10 @@ def fit_parametric(
             f"points spanning at least 2 model sizes and 2 token counts; got {n} points with "
             f"{len(np.unique(x))} sizes and {len(np.unique(y))} token counts."
         )
-    starts = grid.starts()
-    theta, objective = _levenberg_marquardt(starts, x, y, t, delta, max_iter=screen_iterations)
+    starts, fixed = grid.starts(), grid.fixed
+    theta, objective = _levenberg_marquardt(starts, x, y, t, delta, max_iter=screen_iterations, fixed=fixed)
     kept = np.argsort(objective)[: max(n_polish, math.ceil(survivors * len(starts)))]
-    theta, objective = _levenberg_marquardt(theta[kept], x, y, t, delta)
+    theta, objective = _levenberg_marquardt(theta[kept], x, y, t, delta, fixed=fixed)
     candidates = _distinct(theta, objective, n_polish)
     for index in candidates:
         result = minimize(
@@ -483,6 +500,7 @@ def fit_parametric(
             args=(x, y, t, delta),
             jac=True,
             method="L-BFGS-B",
+            bounds=[(value, value) if hold else (None, None) for value, hold in zip(theta[index], fixed)],
             options={"maxiter": 10000, "ftol": 1e-15, "gtol": 1e-14},
         )
         if result.fun < objective[index]:
@@ -498,6 +516,7 @@ def fit_parametric(
         n_starts=len(starts),
         minima=theta[order].copy(),
         minima_objective=objective[order].copy(),
+        fixed=tuple(PARAMETER_NAMES[(1, 2, 0, 3, 4)[i]] for i in np.flatnonzero(fixed)),
     )
 
 
@@ -563,7 +582,7 @@ def bootstrap(
         count = len(rows)
         x_rows, y_rows, t_rows = (np.repeat(v[0][rows], k, axis=0) for v in (x, y, t))
         theta, objective = _levenberg_marquardt(
-            np.tile(starts, (count, 1)), x_rows, y_rows, t_rows, delta
+            np.tile(starts, (count, 1)), x_rows, y_rows, t_rows, delta, fixed=grid.fixed
         )
         best = np.argmin(objective.reshape(count, k), axis=1)
         samples[begin : begin + count] = theta.reshape(count, k, 5)[np.arange(count), best]
@@ -574,7 +593,7 @@ def bootstrap(
         except GridBoundaryError:
             at_edge += 1
     a, b, e, alpha, beta = samples.T
-    natural = np.stack([np.exp(e), np.exp(a), np.exp(b), alpha, beta], axis=1)
+    natural = np.stack([np.where(e <= ZERO_E_LOG, 0.0, np.exp(e)), np.exp(a), np.exp(b), alpha, beta], axis=1)
     n_opt, d_opt = compute_optimal(natural[:, 1], natural[:, 2], alpha, beta, budget)
     return BootstrapResult(natural, float(budget), n_opt, d_opt, level, seed, at_edge)
 
@@ -792,6 +811,7 @@ def report_dict(reports: list[ArchReport]) -> dict:
                 "n_starts": fit.n_starts,
                 "exponent_params": a,
                 "exponent_tokens": b,
+                "fixed": list(fit.fixed),
             },
             "compute_optimal": {
                 "budget_flops": report.budget,
@@ -853,6 +873,8 @@ def _table_column(entry: dict) -> list[tuple[str, str]]:
     boot, iso = entry["bootstrap"], entry["isoflop"]
 
     def with_interval(name: str, value: float) -> str:
+        if name in fit["fixed"]:
+            return f"{_number(value)} (fixed)"
         if boot is None:
             return _number(value)
         low, high = boot["intervals"][name]
@@ -1073,12 +1095,20 @@ def main(argv: list[str] | None = None) -> int:
                         "e.g. e=-1:2:0.5; repeatable")
     parser.add_argument("--json", action="store_true",
                         help="print the fit as JSON (and nothing else) on stdout")
+    parser.add_argument("--fix-e", type=float, metavar="LOSS",
+                        help="hold the irreducible loss E at LOSS (nats; 0: pure power laws) when the sweep "
+                             "is too small to identify it (a free fit then runs E to 0, off the start grid)")
     parser.add_argument("--out", metavar="DIR", help="write table.md, fit.json and PNG plots here")
     args = parser.parse_args(argv)
     try:
         grid = StartGrid()
         for spec in args.grid:
             grid = _grid_override(grid, spec)
+        if args.fix_e is not None:
+            if not args.fix_e >= 0:
+                raise ScalingInputError(f"--fix-e {args.fix_e}: the irreducible loss must be >= 0 nats.")
+            e = math.log(args.fix_e) if args.fix_e > 0 else ZERO_E_LOG
+            grid = replace(grid, e=(e, e, 1.0))
         points = load_points(args.points) if args.points else load_runs(args.runs, args.params_key)
         points = points.without_highest_losses(args.drop_highest)
         reports = analyse(

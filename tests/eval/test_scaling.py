@@ -244,3 +244,32 @@ def test_bad_input_exits_with_clear_error(tmp_path, capsys, setup, message):
     assert main(argv) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and message in captured.err
+
+
+def test_fixed_irreducible_loss_is_held_and_the_rest_recovered():
+    params, tokens, _, loss = isoflop_design()
+    grid = StartGrid(e=(np.log(TRUTH["E"]), np.log(TRUTH["E"]), 1.0))
+    fit = fit_parametric(params, tokens, loss, grid=grid)
+    assert fit.fixed == ("E",) and fit.params["E"] == pytest.approx(TRUTH["E"], rel=1e-12)
+    assert max(relative_errors(fit).values()) < 1e-4, fit.params
+    # held at a wrong value, E stays there and the other parameters absorb the difference
+    wrong = fit_parametric(params, tokens, loss, grid=StartGrid(e=(np.log(1.5), np.log(1.5), 1.0)))
+    assert wrong.params["E"] == pytest.approx(1.5, rel=1e-12) and wrong.objective > fit.objective
+
+
+def test_pure_power_laws_run_a_free_e_off_the_grid_and_fit_with_fix_e_zero(tmp_path, capsys):
+    truth = {**TRUTH, "E": 0.0}
+    params, tokens, _, loss = isoflop_design(truth=truth)
+    with pytest.raises(GridBoundaryError, match="has e = "):
+        fit_parametric(params, tokens, loss)  # E -> 0 is log E -> -inf: not identifiable
+    csv = tmp_path / "points.csv"
+    csv.write_text("params,tokens,loss\n" + "".join(f"{n},{d},{l}\n" for n, d, l in zip(params, tokens, loss)))
+    assert main(["--points", str(csv), "--json", "--bootstrap", "10", "--fix-e", "0"]) == 0
+    fit = json.loads(capsys.readouterr().out)["fits"]["all"]
+    assert fit["parametric"]["E"] == 0.0 and fit["parametric"]["fixed"] == ["E"]
+    for name in ("A", "B", "alpha", "beta"):
+        assert fit["parametric"][name] == pytest.approx(truth[name], rel=1e-4), name
+    assert main(["--points", str(csv), "--bootstrap", "0", "--fix-e", "0"]) == 0
+    assert "| E | 0 (fixed) |" in capsys.readouterr().out
+    assert main(["--points", str(csv), "--fix-e", "-1"]) == 2
+    assert "--fix-e -1.0: the irreducible loss must be >= 0" in capsys.readouterr().err
