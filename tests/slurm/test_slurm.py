@@ -36,9 +36,15 @@ def _wait(what: str, ready, slurm, timeout: float = 240) -> None:
         time.sleep(0.2)
 
 
-def _release(slurm, job: str) -> None:
-    """A requeued job waits on a begin time (about two minutes); start it now, once it is pending."""
+def _release(slurm, job: str, instances: int) -> None:
+    """A requeued job waits on a begin time (about two minutes); start it now, once it is pending and
+    its ``instances``-th run has ended on the node, plus two seconds. The begin time is there for the
+    node's revocation of the old run's credential, which is kept at one-second resolution: a run
+    released within that second is refused ("Killing non-startable batch job: Job credential revoked")."""
     _wait("the requeued job is pending", lambda: slurm.job(job)["JobState"] == "PENDING", slurm)
+    log = slurm.folder / "slurmd.log"
+    _wait(f"run {instances} of the job has ended", lambda: log.read_text().count(f"[{job}.batch] done with job") >= instances, slurm)
+    time.sleep(2.0)
     slurm.run("scontrol", "update", f"JobId={job}", "StartTime=now")
     _wait("the requeued job runs again", lambda: slurm.job(job)["JobState"] in ("RUNNING", "COMPLETED"), slurm)
 
@@ -63,10 +69,10 @@ def test_a_requeued_job_resumes_in_its_run_directory_and_matches_an_uninterrupte
 
     _wait("a checkpoint at step 10", lambda: _checkpoint_step(last) >= 10, slurm)
     slurm.run("scontrol", "requeue", job)  # a hard requeue: the processes are killed
-    _release(slurm, job)
+    _release(slurm, job, 1)
     _wait("a checkpoint at step 25", lambda: _checkpoint_step(last) >= 25, slurm)
     slurm.run("scancel", "--signal=USR1", job)  # what SLURM sends before the time limit
-    _release(slurm, job)
+    _release(slurm, job, 2)
     _wait("the job completes", lambda: slurm.job(job)["JobState"] == "COMPLETED", slurm)
 
     assert reference.wait(timeout=300) == 0, reference.stderr.read()[-3000:]
