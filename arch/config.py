@@ -130,14 +130,17 @@ def locate(target: str, where: str) -> type:
         raise ConfigError(f"'{where}._target_' is {target!r}, which cannot be imported ({err}).") from err
 
 
-def instantiate(spec: Mapping[str, Any], where: str, **extra: Any) -> Any:
+def instantiate(spec: Mapping[str, Any], where: str, offered: Mapping[str, Any] | None = None, **extra: Any) -> Any:
     """Validate and build ``spec`` (a mapping with ``_target_``); ``extra`` are arguments the caller
-    supplies itself (such as ``d_model`` and ``layer_idx`` for a block) and may not appear in ``spec``."""
+    supplies itself (such as ``d_model`` and ``layer_idx`` for a block) and may not appear in ``spec``;
+    ``offered`` ones (such as a block's ``n_layers``) are supplied the same way to a class whose
+    signature names them, and left out otherwise."""
     if not isinstance(spec, Mapping) or "_target_" not in spec:
         raise ConfigError(f"'{where}' must be a mapping with a '_target_' key, got {spec!r}.")
     cls = locate(spec["_target_"], where)
     kwargs = {k: v for k, v in spec.items() if k != "_target_"}
     fields, required, var_kw = signature_fields(cls)
+    extra = {**extra, **{k: v for k, v in (offered or {}).items() if k in fields}}
     clash = set(kwargs) & set(extra)
     if clash:
         raise ConfigError(

@@ -8,7 +8,6 @@ swa]`` gives Samba's 2:1 interleaving) with per-index overrides; each name refer
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -17,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from arch.blocks.mlp import Identity
-from arch.config import ConfigError, from_mapping, instantiate, locate, signature_fields
+from arch.config import ConfigError, from_mapping, instantiate
 
 
 @dataclass
@@ -52,15 +51,6 @@ class ModelConfig:
 
 def _norm(kind: str, d: int, eps: float) -> nn.Module:
     return nn.RMSNorm(d, eps=eps) if kind == "rmsnorm" else nn.LayerNorm(d, eps=eps)
-
-
-def _build_block(spec: Any, where: str, d_model: int, layer_idx: int, n_layers: int) -> nn.Module:
-    """A block with the arguments the model supplies: d_model and layer_idx, and n_layers for a block
-    whose constructor takes it (depth-dependent initialisation, e.g. RWKV's)."""
-    extra: dict[str, Any] = {"d_model": d_model, "layer_idx": layer_idx}
-    if isinstance(spec, Mapping) and "_target_" in spec and "n_layers" in signature_fields(locate(spec["_target_"], where))[0]:
-        extra["n_layers"] = n_layers
-    return instantiate(spec, where, **extra)
 
 
 class Layer(nn.Module):
@@ -113,18 +103,19 @@ class LanguageModel(nn.Module):
         self.config = config
         d = config.d_model
         layers = []
+        depth = {"n_layers": config.n_layers}  # for the blocks that take it (depth-dependent init, e.g. RWKV's)
         for idx, name in enumerate(config.layer_names()):
             if name not in config.blocks:
                 raise ConfigError(
                     f"Layer {idx} asks for block '{name}', which is not in model.blocks (defined: {', '.join(sorted(config.blocks))}). "
                     f"Add it to the preset's defaults, or on the command line with +block@model.blocks.{name}={name}."
                 )
-            mixer = _build_block(config.blocks[name], f"model.blocks.{name}", d, idx, config.n_layers)
+            mixer = instantiate(config.blocks[name], f"model.blocks.{name}", offered=depth, d_model=d, layer_idx=idx)
             mlp = None
             if config.mlp is not None:
                 if config.mlp not in config.blocks:
                     raise ConfigError(f"model.mlp is '{config.mlp}', which is not in model.blocks (defined: {', '.join(sorted(config.blocks))}).")
-                mlp = _build_block(config.blocks[config.mlp], f"model.blocks.{config.mlp}", d, idx, config.n_layers)
+                mlp = instantiate(config.blocks[config.mlp], f"model.blocks.{config.mlp}", offered=depth, d_model=d, layer_idx=idx)
             layers.append(Layer(mixer, mlp, d, config.norm, config.norm_eps, config.parallel))
         self.embedding = nn.Embedding(config.vocab_size, d)
         self.pos_embedding = nn.Embedding(config.max_seq_len, d) if config.position == "learned" else None

@@ -33,7 +33,7 @@ from arch.blocks.mamba2 import Mamba2
 from arch.blocks.retnet import MultiScaleRetention
 from arch.blocks.rwkv6 import RWKV6ChannelMix, RWKV6TimeMix
 from arch.blocks.rwkv7 import RWKV7TimeMix
-from arch.ops.gla import _block_sizes
+from arch.ops.gla import _block_sizes, _chunk
 from arch.ops.rwkv6 import rwkv6
 from arch.ops.scan import rwkv7
 
@@ -102,7 +102,7 @@ def _chunked_scan(
     the scores (outer), and adding into o Dv; the current token 2 Dk + 2 Dv (+ Dk bonus), the scale Dv,
     and the carried state 2 Dk Dv once per chunk.
     """
-    chunk = min(chunk_size, 16 * math.ceil(seq_len / 16))  # as the op: a short input is not padded to C
+    chunk = _chunk(chunk_size, seq_len)  # as the op: a short input is not padded to C
     sizes = _block_sizes(chunk)
     levels = list(zip(sizes[:-1], sizes[1:]))
     dg = {"none": 1, "scalar": 1, "vector": dk}[decay]

@@ -44,6 +44,7 @@ HUBER_DELTA = 1e-3
 GRID_EDGE_FRACTION = 0.01
 MIN_POINTS = len(LOG_PARAMETER_NAMES) + 1
 ZERO_E_LOG = -100.0  # e = log E at or below this is E = 0 (`--fix-e 0`: pure power laws)
+NATURAL_NAMES = dict(zip(LOG_PARAMETER_NAMES, ("A", "B", "E", "alpha", "beta")))  # theta entry -> law's name
 ALL_ARCHES = "all"
 
 
@@ -369,6 +370,11 @@ def _distinct(theta: np.ndarray, objective: np.ndarray, limit: int, spacing: flo
     return np.asarray(picked)
 
 
+def _irreducible(e):
+    """E = exp(e), with e <= ZERO_E_LOG read as exactly 0 (scalar or array)."""
+    return np.where(np.asarray(e) <= ZERO_E_LOG, 0.0, np.exp(e))
+
+
 def compute_optimal(A, B, alpha, beta, flops):
     """Compute-optimal N and D for budget C under C = 6 N D (Hoffmann et al. 2022, eq. 4).
 
@@ -399,8 +405,7 @@ class ParametricFit:
     @property
     def params(self) -> dict[str, float]:
         a, b, e, alpha, beta = self.theta
-        E = 0.0 if e <= ZERO_E_LOG else math.exp(e)
-        return {"E": E, "A": math.exp(a), "B": math.exp(b), "alpha": float(alpha), "beta": float(beta)}
+        return {"E": float(_irreducible(e)), "A": math.exp(a), "B": math.exp(b), "alpha": float(alpha), "beta": float(beta)}
 
     def loss(self, params, tokens):
         """L(N, D) = E + A / N^alpha + B / D^beta."""
@@ -516,7 +521,7 @@ def fit_parametric(
         n_starts=len(starts),
         minima=theta[order].copy(),
         minima_objective=objective[order].copy(),
-        fixed=tuple(PARAMETER_NAMES[(1, 2, 0, 3, 4)[i]] for i in np.flatnonzero(fixed)),
+        fixed=tuple(NATURAL_NAMES[name] for name, hold in zip(LOG_PARAMETER_NAMES, fixed) if hold),
     )
 
 
@@ -593,7 +598,7 @@ def bootstrap(
         except GridBoundaryError:
             at_edge += 1
     a, b, e, alpha, beta = samples.T
-    natural = np.stack([np.where(e <= ZERO_E_LOG, 0.0, np.exp(e)), np.exp(a), np.exp(b), alpha, beta], axis=1)
+    natural = np.stack([_irreducible(e), np.exp(a), np.exp(b), alpha, beta], axis=1)
     n_opt, d_opt = compute_optimal(natural[:, 1], natural[:, 2], alpha, beta, budget)
     return BootstrapResult(natural, float(budget), n_opt, d_opt, level, seed, at_edge)
 

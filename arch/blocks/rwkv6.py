@@ -96,18 +96,18 @@ class RWKV6TimeMix(nn.Module):
     def init_weights(self) -> None:
         d = self.mu.shape[-1]
         ramp = channel_ramp(d)
-        up, down = self.depth  # ratio_0_to_1, ratio_1_to_almost0
-        full, half = 1 - ramp**down, 1 - ramp ** (0.5 * down)
+        ratio_0_to_1, ratio_1_to_almost0 = self.depth
+        full, half = 1 - ramp**ratio_1_to_almost0, 1 - ramp ** (0.5 * ratio_1_to_almost0)
         self.mu_x.copy_(full)
-        self.mu.copy_(torch.stack([full, full, full - 0.3 * up, half, half]))  # w, k, v, r, g
+        self.mu.copy_(torch.stack([full, full, full - 0.3 * ratio_0_to_1, half, half]))  # w, k, v, r, g
         nn.init.zeros_(self.mix_down.weight)
         nn.init.uniform_(self.mix_up, -0.01, 0.01)
         nn.init.zeros_(self.decay_down.weight)
         nn.init.uniform_(self.decay_up.weight, -0.01, 0.01)
         n = torch.arange(d, dtype=torch.float32) / max(d - 1, 1)
-        self.decay_up.bias.copy_(-6 + 5 * n ** (0.7 + 1.3 * up))
+        self.decay_up.bias.copy_(-6 + 5 * n ** (0.7 + 1.3 * ratio_0_to_1))
         zigzag = ((torch.arange(d) + 1) % 3 - 1).float() * 0.1
-        self.bonus.copy_((up * (1 - n) + zigzag).view_as(self.bonus))
+        self.bonus.copy_((ratio_0_to_1 * (1 - n) + zigzag).view_as(self.bonus))
 
     def log_decay(self, x_w: torch.Tensor) -> torch.Tensor:
         """w_t = -exp(w0 + tanh(x_w A_w) B_w) [B, T, d_model], the per-channel log-decay."""

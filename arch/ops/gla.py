@@ -75,6 +75,11 @@ def _from_earlier_sub_blocks(
 CPU_SEGMENT_ELEMENTS = 2**21
 
 
+def _chunk(chunk_size: int, length: int) -> int:
+    """Tokens per chunk for an input of ``length``: a short input is not padded to a full chunk."""
+    return min(chunk_size, 16 * math.ceil(length / 16))
+
+
 def _segment_length(q: torch.Tensor, v: torch.Tensor, chunk: int) -> int:
     """Tokens per segment: a multiple of the chunk, at least 4 chunks; the whole input off the CPU."""
     B, T, H, Dk = q.shape
@@ -126,17 +131,15 @@ def chunked_gated_scan(
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     T = q.shape[1]
-    C = min(chunk_size, 16 * math.ceil(T / 16))  # a short input is not padded to a full chunk
-    segment = _segment_length(q, v, C)
+    segment = _segment_length(q, v, _chunk(chunk_size, T))
     if T <= segment:
-        return _scan_segment(q, k, v, log_decay, scale, initial_state, C, exclusive, bonus)
+        return _scan_segment(q, k, v, log_decay, scale, initial_state, chunk_size, exclusive, bonus)
     # the state hand-over: segment after segment; split (not slicing) keeps the backward linear in T
     state, outputs = initial_state, []
     pieces = [x.split(segment, dim=1) for x in (q, k, v)]
     decays = log_decay.split(segment, dim=1) if log_decay is not None else [None] * len(pieces[0])
     for q_i, k_i, v_i, g_i in zip(*pieces, decays):
-        o_i, state = _scan_segment(q_i, k_i, v_i, g_i, scale, state, min(C, 16 * math.ceil(q_i.shape[1] / 16)),
-                                   exclusive, bonus)
+        o_i, state = _scan_segment(q_i, k_i, v_i, g_i, scale, state, chunk_size, exclusive, bonus)
         outputs.append(o_i)
     return torch.cat(outputs, dim=1), state
 
@@ -148,14 +151,15 @@ def _scan_segment(
     log_decay: torch.Tensor | None,
     scale: float,
     initial_state: torch.Tensor | None,
-    C: int,
+    chunk_size: int,
     exclusive: bool,
     bonus: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`chunked_gated_scan` on one segment, in chunks of C tokens."""
+    """`chunked_gated_scan` on one segment."""
     B, T, H, Dk = q.shape
     Dv = v.shape[-1]
     acc = _accumulation_dtype(q)
+    C = _chunk(chunk_size, T)
     N = math.ceil(T / C)
 
     def chunked(x: torch.Tensor) -> torch.Tensor:  # [B, T, H, D] -> [B, H, N, C, D], zero-padded in time

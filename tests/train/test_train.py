@@ -86,7 +86,7 @@ def test_no_weight_decay_on_norms_biases_and_embeddings(tmp_path):
 
 def test_flops_budget_sets_the_step_count_and_a_rerun_skips_the_finished_run(tmp_path, run_tiny):
     first = run_tiny(tmp_path, "budget_flops=2e9", "trainer.max_steps=1000", "trainer.val_check_interval=1000")
-    # the spent FLOPs land within one step of the budget, whatever trainer.max_steps said
+    # the spent FLOPs land within half a step of the budget, whatever trainer.max_steps said
     per_step = first["flops"] / first["steps"]
     assert 1 < first["steps"] < 1000 and abs(first["flops"] - 2e9) <= per_step / 2
     assert first["budget_flops"] == 2e9
