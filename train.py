@@ -272,7 +272,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     pl = _lightning()
     from lightning.fabric.plugins.environments import SLURMEnvironment
 
+    from arch.ops.backend import keep_freed_memory
     from data.checkpoint import AtomicCheckpointIO, Preemption, find_resume_checkpoint
+
+    keep_freed_memory()  # CPU runs: reuse freed temporaries instead of faulting in fresh pages
 
     pl.seed_everything(run.seed, workers=True, verbose=False)
     datamodule = instantiate(run.data, "data")

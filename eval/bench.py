@@ -13,7 +13,9 @@ Peak memory: bytes allocated by PyTorch during one fwd+bwd call above what was l
 inputs). On CUDA, ``torch.cuda.max_memory_allocated``; on CPU, the allocation and free events recorded
 by the PyTorch profiler (``profile_memory=True``), summed in time order. The profiler keeps every op
 event (gigabytes for a 4096-step Python loop), so on CPU memory is measured only for cases whose call
-takes under ``--memory-max-s``; the others print "-".
+takes under ``--memory-max-s``; the others print "-". On Linux the benchmark, like train.py, first lets
+the C allocator keep freed blocks (`arch.ops.backend.keep_freed_memory`; the header says whether it
+did): every row, naive twins included, runs under the same setting.
 
 To benchmark another op, append a `BenchCase` to `CASES` (its name, how to make inputs for
 (B, T, device, dtype), and the callable); the driver needs no change. Blocks: ``--blocks all`` (or
@@ -47,7 +49,7 @@ from arch.ops import (
     rwkv6_naive,
     taylor_feature_map,
 )
-from arch.ops.backend import is_importable
+from arch.ops.backend import MALLOC_TUNING_ENV, is_importable, keep_freed_memory
 from arch.ops.scan import (
     diagonal_recurrence,
     diagonal_recurrence_naive,
@@ -266,6 +268,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    tuned = keep_freed_memory()
 
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     selected = set(args.ops.split(","))
@@ -278,7 +281,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"unknown blocks {sorted(wanted - {c.op[6:] for c in blocks})}")
     cases += [c for c in blocks if c.op[6:] in wanted]
 
-    print(f"device={device} dtype={args.dtype} B={args.batch} H={H} D={D} threads={torch.get_num_threads()}\n")
+    allocator = "freed blocks kept (keep_freed_memory)" if tuned else "C library defaults"
+    print(f"device={device} dtype={args.dtype} B={args.batch} H={H} D={D} threads={torch.get_num_threads()} "
+          f"allocator: {allocator}; {MALLOC_TUNING_ENV}=0 for the defaults\n")
     print("| op | backend | T | fwd+bwd ms | CPU ms | peak MiB |")
     print("| --- | --- | ---: | ---: | ---: | ---: |")
     for case in cases:

@@ -24,7 +24,7 @@ from torch.autograd.function import once_differentiable
 from arch.ops.backend import use_kernel
 
 _LOG2E = math.log2(math.e)  # exp(x) = exp2(x * log2 e); exp2 is ~2.5x faster than exp on CPU
-_RECOMPUTE_EVERY = 8  # the scan keeps its state every 8 steps of a chunk; the backward recomputes between
+_RECOMPUTE_EVERY = 4  # the scan keeps its state every 4 steps of a chunk; the backward recomputes between
 
 
 def _accumulation_dtype(x: torch.Tensor) -> torch.dtype:
