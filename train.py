@@ -36,6 +36,9 @@ log = logging.getLogger("mixerlab")
 # same second never share one (DDP children get the parent's directory passed explicitly).
 _RUN_UID = uuid.uuid4().hex[:6]
 OmegaConf.register_new_resolver("uid", lambda: _RUN_UID, replace=True)
+# ${div:a,b} = a / b, for settings that scale with another, e.g. a learning rate per width:
+# optim.lr: ${div:0.192,${model.d_model}} (3e-3 at d_model 64, 1.5e-3 at 128)
+OmegaConf.register_new_resolver("div", lambda a, b: float(a) / float(b), replace=True)
 
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "4090": 165e12}
 
@@ -67,6 +70,9 @@ class CallbacksConfig:
     checkpoint_every_n_steps: int = 200
     progress_bar: bool = True
     stop_after_steps: int | None = None  # end the process early (as a preemption would); resume continues
+    # MQAR: end training at the first validation whose mqar/accuracy reaches this (Zoology stops at 0.99);
+    # the run counts as finished, and a grid re-run skips it
+    stop_at_accuracy: float | None = None
     step_delay_s: float = 0.0  # sleep after each batch: lets tests interrupt a tiny run mid-way
 
 
@@ -306,6 +312,15 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     callbacks.append(preemption)
     if callbacks_cfg.stop_after_steps is not None:
         callbacks.append(stop_after(callbacks_cfg.stop_after_steps, last))
+    accuracy_stop = None
+    if callbacks_cfg.stop_at_accuracy is not None:
+        threshold = callbacks_cfg.stop_at_accuracy
+        if not getattr(datamodule, "is_recall", False):
+            raise ConfigError("callbacks.stop_at_accuracy needs an MQAR dataset (data=mqar), whose validation measures mqar/accuracy; remove it for language-model data.")
+        if not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
+            raise ConfigError(f"callbacks.stop_at_accuracy must be an accuracy in (0, 1], e.g. 0.99; got {threshold!r}.")
+        accuracy_stop = stop_at_accuracy(float(threshold))
+        callbacks.append(accuracy_stop)
     logger = instantiate(run.logger, "logger", save_dir=str(run_dir))
     if trainer_spec.get("precision") is None:
         gpu = trainer_spec.get("accelerator", "auto") in ("auto", "gpu", "cuda") and torch.cuda.is_available()
@@ -335,7 +350,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
     if preemption.stopped_at is not None:
         return {"preempted_at_step": preemption.stopped_at}
-    if callbacks_cfg.stop_after_steps is not None and trainer.global_step < max_steps:
+    reached = accuracy_stop is not None and accuracy_stop.reached_at is not None
+    if callbacks_cfg.stop_after_steps is not None and trainer.global_step < max_steps and not reached:
         return {"stopped_at_step": trainer.global_step}
     trainer.save_checkpoint(str(last))
     if task.last_val_step != trainer.global_step:
@@ -347,6 +363,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         params_non_embedding=task.model.num_params(non_embedding=True), wall_time_s=time.time() - started,
         budget_flops=run.budget_flops,
     )
+    if reached:
+        metrics["reached_accuracy"] = accuracy_stop.threshold
     if hasattr(datamodule, "bytes_per_token"):
         metrics["val/bits_per_byte"] = datamodule.val_bits_per_byte(metrics["val/loss"])
         metrics["unigram_entropy"] = datamodule.unigram_entropy
@@ -354,6 +372,25 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
         _report(metrics, run_dir)
     return metrics
+
+
+def stop_at_accuracy(threshold: float):
+    """A callback that ends training after the first validation whose mqar/accuracy is >= ``threshold``
+    (Zoology's early stop); ``reached_at`` is then that step."""
+    pl = _lightning()
+
+    class StopAtAccuracy(pl.Callback):
+        def __init__(self) -> None:
+            self.threshold, self.reached_at = threshold, None
+
+        def on_validation_end(self, trainer, *args) -> None:
+            accuracy = trainer.callback_metrics.get("mqar/accuracy")
+            if trainer.sanity_checking or accuracy is None or float(accuracy) < self.threshold:
+                return
+            self.reached_at = trainer.global_step
+            trainer.should_stop = True
+
+    return StopAtAccuracy()
 
 
 def stop_after(steps: int, last: Path):
@@ -372,6 +409,8 @@ def stop_after(steps: int, last: Path):
 
 def _report(metrics: dict, run_dir: Path) -> None:
     lines = [f"Finished {metrics['steps']} steps ({metrics['tokens']:,} tokens) in {metrics['wall_time_s']:.0f} s."]
+    if "reached_accuracy" in metrics:
+        lines[0] += f" Stopped early: MQAR accuracy reached {metrics['reached_accuracy']}."
     if "val/loss" in metrics:
         bpb = f" ({metrics['val/bits_per_byte']:.3f} bits/byte)" if "val/bits_per_byte" in metrics else ""
         lines.append(f"Validation loss {metrics['val/loss']:.4f} nats/token{bpb}, perplexity {metrics['val/ppl']:.3f}.")
@@ -415,7 +454,7 @@ def steps_for_budget(budget: float, model: dict, data: dict, trainer: dict, voca
 
 def _finished_metrics(run_dir: Path, max_steps: Any, budget_flops: float | None = None) -> dict | None:
     """The metrics of a run in ``run_dir`` that already trained ``max_steps`` steps (or spent
-    ``budget_flops``, when that is set), else None."""
+    ``budget_flops``, when that is set, or stopped on reaching its MQAR accuracy), else None."""
     path = run_dir / "metrics.json"
     if not path.exists():
         return None
@@ -425,7 +464,8 @@ def _finished_metrics(run_dir: Path, max_steps: Any, budget_flops: float | None 
         return None
     if budget_flops is not None:
         return metrics if metrics.get("budget_flops") == budget_flops else None
-    return metrics if metrics.get("steps") == max_steps else None
+    finished = metrics.get("steps") == max_steps or metrics.get("reached_accuracy") is not None
+    return metrics if finished else None
 
 
 def _fresh(run_dir: Path) -> bool:

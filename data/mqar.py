@@ -104,6 +104,10 @@ class MQARDataModule(pl.LightningDataModule):
 
     Training examples are padded to the longest training L with filler 0 and label -100.
     Test slices are generated from a different seed than training, so they are fresh examples.
+
+    ``batch_tokens`` (instead of ``batch_size``) sets the training batch to that many tokens at the
+    longest training L (batch_tokens // L sequences), so that a sweep over L keeps the tokens per step,
+    and the labelled queries per step, comparable: Zoology also uses larger batches for shorter L.
     """
 
     is_recall = True
@@ -119,6 +123,7 @@ class MQARDataModule(pl.LightningDataModule):
         power_a: float = 0.01,
         random_non_queries: bool = False,
         batch_size: int = 64,
+        batch_tokens: int | None = None,
         eval_batch_size: int = 256,
         num_workers: int = 0,
         seed: int = 0,
@@ -136,6 +141,14 @@ class MQARDataModule(pl.LightningDataModule):
         self.test_slices = [from_mapping(MQARSlice, dict(s), f"data.test_slices[{i}]") for i, s in enumerate(test_slices)]
         for s in self.train_slices + self.test_slices:
             check_mqar(vocab_size, s.seq_len, s.num_kv_pairs)
+        if batch_tokens is not None:
+            longest = max(s.seq_len for s in self.train_slices)
+            if not isinstance(batch_tokens, int) or batch_tokens < longest:
+                raise ConfigError(
+                    f"data.batch_tokens={batch_tokens!r} must be an int of at least the longest training length ({longest}); "
+                    f"or set it to null and use data.batch_size."
+                )
+            batch_size = batch_tokens // longest
         self.vocab_size, self.power_a, self.random_non_queries = vocab_size, power_a, random_non_queries
         self.batch_size, self.eval_batch_size, self.num_workers, self.seed = batch_size, eval_batch_size, num_workers, seed
         self.val_slices = [s.name for s in self.test_slices]

@@ -173,15 +173,25 @@ def _scan_segment(
     Gq = F.pad(G[..., :-1, :], (0, 0, 1, 0)) if exclusive else G
 
     # (1) across chunks: h_{n+1} = exp(G_last) h_n + (k exp(G_last - G))^T v
-    G_last = G[..., -1:, :]
-    chunk_kv = (k * torch.exp(G_last - G)).transpose(-1, -2) @ v  # [B, H, N, Dk, Dv]
-    chunk_decay = torch.exp(G_last).transpose(-1, -2)  # [B, H, N, Dk or 1, 1]
     state = q.new_zeros(B, H, Dk, Dv) if initial_state is None else initial_state.to(acc)
     entering = []
-    for decay_i, kv_i in zip(chunk_decay.unbind(2), chunk_kv.unbind(2)):  # unbind: one backward op, not N
-        entering.append(state)
-        state = decay_i * state + kv_i
-    o = (q * torch.exp(Gq)) @ torch.stack(entering, dim=2)  # [B, H, N, C, Dv]
+    if log_decay is None:  # plain linear attention: nothing to rescale (the Taylor map makes q, k wide)
+        for kv_i in (k.transpose(-1, -2) @ v).unbind(2):  # unbind: one backward op, not N
+            entering.append(state)
+            state = state + kv_i
+        o = q @ torch.stack(entering, dim=2)
+        if not exclusive:  # (2+3) one causal-masked q k^T per chunk
+            causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+            o = o + ((q @ k.transpose(-1, -2)) * causal) @ v
+            return (scale * o).flatten(2, 3)[:, :, :T].transpose(1, 2).contiguous(), state
+    else:
+        G_last = G[..., -1:, :]
+        chunk_kv = (k * torch.exp(G_last - G)).transpose(-1, -2) @ v  # [B, H, N, Dk, Dv]
+        chunk_decay = torch.exp(G_last).transpose(-1, -2)  # [B, H, N, Dk or 1, 1]
+        for decay_i, kv_i in zip(chunk_decay.unbind(2), chunk_kv.unbind(2)):
+            entering.append(state)
+            state = decay_i * state + kv_i
+        o = (q * torch.exp(Gq)) @ torch.stack(entering, dim=2)  # [B, H, N, C, Dv]
 
     # (2) inside a chunk: earlier sub-blocks at every nesting level
     sizes = _block_sizes(C)

@@ -105,3 +105,15 @@ def test_slice_shorthand_makes_one_train_and_one_test_slice():
     assert dm.val_slices == ["L32_K2"]
     with pytest.raises(ConfigError, match="form 'L<seq_len>_K<kv_pairs>'"):
         MQARDataModule(vocab_size=V, slice="64x4")
+
+
+@pytest.mark.parametrize("slice_name, rows", [("L32_K2", 8), ("L64_K4", 4)])
+def test_batch_tokens_keeps_the_tokens_per_step_across_lengths(slice_name, rows):
+    dm = MQARDataModule(vocab_size=V, slice=slice_name, num_train_examples=64, num_test_examples=8, batch_size=3, batch_tokens=256)
+    dm.setup()
+    assert next(iter(dm.train_dataloader()))["input_ids"].shape == (rows, 256 // rows)
+
+
+def test_batch_tokens_below_the_longest_length_is_a_config_error():
+    with pytest.raises(ConfigError, match="batch_tokens=32 must be an int of at least the longest training length"):
+        MQARDataModule(vocab_size=V, slice="L64_K4", num_train_examples=10, batch_tokens=32)
