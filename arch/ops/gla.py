@@ -118,7 +118,9 @@ def chunked_gated_scan(
     block sizes C -> C/4 -> ... -> 1 (64 -> 16 -> 4 -> 1) instead of stopping at an explicit
     [16, 16, Dk] decay tensor for the diagonal sub-blocks: the same exact result with 12x instead of
     20x the size of k in elementwise temporaries, about half the CPU time. (3) What is left is t = s:
-    q_t . k_t (GLA) or q_t . (bonus * k_t) (RWKV-6). Masked exponents are set to -inf before exp, so
+    q_t . k_t (GLA) or q_t . (bonus * k_t) (RWKV-6). Without a decay (plain linear attention) there is
+    nothing to rescale: (2) and (3) are one causal-masked q k^T per chunk, with no exponentials (Based's
+    Taylor features make q and k 273 wide, where the nested levels cost ~3x). Masked exponents are set to -inf before exp, so
     neither forward nor backward sees inf * 0. On CPU, long inputs run segment by segment through the
     state hand-over, so no temporary outgrows `CPU_SEGMENT_ELEMENTS`.
 
