@@ -100,9 +100,16 @@ def _chunked_scan(
     decay's width: cumsum and the chunk factors 4 Dg + 2 Dk; per level the rescaled queries 2 Dg + Dk,
     the key factors 3 Dg per earlier sub-block (r = outer / inner of them) applied to k (r Dk) or to
     the scores (outer), and adding into o Dv; the current token 2 Dk + 2 Dv (+ Dk bonus), the scale Dv,
-    and the carried state 2 Dk Dv once per chunk.
+    and the carried state 2 Dk Dv once per chunk. Without a decay the op takes one causal-masked
+    q k^T per chunk instead of the levels: matmul-like 2 C (Dk + Dv) on top of the state's 4 Dk Dv;
+    elementwise the cumsum 1, the mask C, adding into o and the scale 2 Dv, the state Dk Dv per chunk.
     """
     chunk = _chunk(chunk_size, seq_len)  # as the op: a short input is not padded to C
+    pad = _padding(seq_len, chunk)
+    if decay == "none" and not bonus:
+        matmul = 4 * dk * dv + 2 * chunk * (dk + dv)
+        elementwise = 1 + chunk + 2 * dv + dk * dv / chunk
+        return n_heads * matmul * pad, n_heads * elementwise * pad
     sizes = _block_sizes(chunk)
     levels = list(zip(sizes[:-1], sizes[1:]))
     dg = {"none": 1, "scalar": 1, "vector": dk}[decay]
@@ -111,7 +118,6 @@ def _chunked_scan(
     for outer, inner in levels:
         r = outer // inner
         elementwise += 2 * dg + dk + 3 * r * dg + (r * dk if decay == "vector" else outer) + dv
-    pad = _padding(seq_len, chunk)
     return n_heads * matmul * pad, n_heads * elementwise * pad
 
 
