@@ -102,7 +102,7 @@ def markdown(best: list[dict]) -> str:
         vals = []
         for l, k in slices:
             r = cells.get((model, d, l, k))
-            vals.append("" if r is None else f"{r['accuracy']:.3f} (lr {r['lr']:.0e})")
+            vals.append("" if r is None else f"{r['accuracy']:.3f} (lr {r['lr']:.2g})")
         lines.append(f"| {model} | {d} | " + " | ".join(vals) + " |")
     return "\n".join(lines) + "\n"
 
