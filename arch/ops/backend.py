@@ -26,7 +26,7 @@ MALLOC_TUNING_ENV = "MIXERLAB_MALLOC_TUNING"
 def keep_freed_memory() -> bool:
     """Let the C allocator keep freed blocks of up to 32 MiB for reuse instead of returning them to the
     system; returns whether the setting was applied. Called once by the entry points (train.py,
-    eval.bench, eval.mqar), never on import.
+    whose runs eval.mqar launches, and eval.bench), never on import.
 
     PyTorch has no caching allocator on CPU, so every temporary comes from malloc. glibc serves blocks
     above a (dynamic) threshold with fresh mmap'd pages and gives the top of its heap back past a trim
