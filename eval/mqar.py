@@ -7,7 +7,8 @@
 The grid (presets x d_model x (L, K) slices x learning rates) is the experiment's
 ``hydra.sweeper.params``; every cell trains in its own directory named by its overrides, so a
 re-run finds the finished cells (``metrics.json``) and skips them. As in the papers, each cell
-(model, d_model, L, K) keeps its best learning rate. Outputs: ``mqar.csv``, ``mqar.md``,
+(model, d_model, L, K) keeps its best learning rate (or training recipe: the table names the run's
+learning rate and sequences per batch). Outputs: ``mqar.csv``, ``mqar.md``,
 ``accuracy_vs_d_model.png`` (Zoology Fig. 2 style) and ``accuracy_vs_state.png`` (Based Fig. 2
 style, x = numbers a decode holds per sequence at that L).
 """
@@ -56,13 +57,23 @@ def _state_size(config: dict, seq_len: int) -> int:
     return model.state_size(seq_len)
 
 
+def _batch_size(config: dict) -> int:
+    """Training sequences per batch, as the run's data module resolved them (``data.batch_tokens``
+    turns into batch_tokens // longest training L). Constructing the module generates no data."""
+    from hydra.utils import instantiate
+
+    return int(instantiate(config["data"]).batch_size)
+
+
 def collect(root: Path) -> list[dict]:
-    """One row per (finished run, test slice): model, d_model, lr, seq_len, kv_pairs, accuracy, state_size."""
+    """One row per (finished run, test slice): model, d_model, lr, batch, seq_len, kv_pairs, accuracy,
+    state_size."""
     rows = []
     for metrics_path in sorted(root.rglob("metrics.json")):
         run_dir = metrics_path.parent
         metrics = json.loads(metrics_path.read_text())
         config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        batch = _batch_size(config)
         for key, acc in metrics.items():
             if not key.startswith("mqar/acc_L"):
                 continue
@@ -72,6 +83,7 @@ def collect(root: Path) -> list[dict]:
                     "model": config["model"]["name"],
                     "d_model": config["model"]["d_model"],
                     "lr": config["optim"]["lr"],
+                    "batch": batch,
                     "seq_len": seq_len,
                     "kv_pairs": kv,
                     "accuracy": acc,
@@ -83,7 +95,7 @@ def collect(root: Path) -> list[dict]:
 
 
 def best_per_cell(rows: list[dict]) -> list[dict]:
-    """Keep, for each (model, d_model, seq_len, kv_pairs), the learning rate with the best accuracy."""
+    """Keep, for each (model, d_model, seq_len, kv_pairs), the run (learning rate, batch) with the best accuracy."""
     best: dict[tuple, dict] = {}
     for row in rows:
         key = (row["model"], row["d_model"], row["seq_len"], row["kv_pairs"])
@@ -102,7 +114,7 @@ def markdown(best: list[dict]) -> str:
         vals = []
         for l, k in slices:
             r = cells.get((model, d, l, k))
-            vals.append("" if r is None else f"{r['accuracy']:.3f} (lr {r['lr']:.2g})")
+            vals.append("" if r is None else f"{r['accuracy']:.3f} (lr {r['lr']:.2g}, batch {r['batch']})")
         lines.append(f"| {model} | {d} | " + " | ".join(vals) + " |")
     return "\n".join(lines) + "\n"
 
@@ -128,7 +140,7 @@ def plot(best: list[dict], out: Path) -> list[Path]:
         ax.set_ylim(-0.02, 1.02)
     axes[0][0].set_ylabel("MQAR accuracy (fraction of queries)")
     axes[0][-1].legend(title="model", fontsize=8)
-    fig.suptitle("MQAR accuracy vs model dimension (best learning rate per cell)")
+    fig.suptitle("MQAR accuracy vs model dimension (best run per cell)")
     fig.tight_layout()
     by_d = out / "accuracy_vs_d_model.png"
     fig.savefig(by_d, dpi=120)

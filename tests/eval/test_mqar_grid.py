@@ -36,8 +36,9 @@ def test_tiny_grid_runs_reports_and_skips_finished_cells(tmp_path, monkeypatch):
     assert len(runs) == 2 and runs[0] != runs[1]
     rows = list(csv.DictReader(open(tmp_path / "report" / "mqar.csv")))
     assert {float(r["lr"]) for r in rows} == {1e-3, 1e-2}
+    assert {r["batch"] for r in rows} == {"16"}
     table = (tmp_path / "report" / "mqar.md").read_text()
-    assert "L=16 K=2" in table and table.count("\n") == 3  # header, rule, one (model, d_model) row with the best lr
+    assert "L=16 K=2" in table and ", batch 16)" in table and table.count("\n") == 3  # header, rule, one (model, d_model) row with the best lr
     for png in ("accuracy_vs_d_model.png", "accuracy_vs_state.png"):
         assert (tmp_path / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     stamps = [(r / "metrics.json").stat().st_mtime_ns for r in runs]
@@ -53,3 +54,10 @@ def test_best_learning_rate_is_kept_per_cell():
     ]
     best = mqar.best_per_cell(rows)
     assert [(r["d_model"], r["lr"]) for r in best] == [(64, 3e-3), (128, 1e-3)]
+
+
+def test_batch_column_is_the_data_modules_resolved_batch():
+    config = {"data": {"_target_": "data.mqar.MQARDataModule", "vocab_size": 8192, "slice": "L128_K8", "batch_size": 64}}
+    assert mqar._batch_size(config) == 64
+    config["data"]["batch_tokens"] = 16384
+    assert mqar._batch_size(config) == 128  # 16384 tokens at L=128
