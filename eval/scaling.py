@@ -964,15 +964,29 @@ def plot_isoflop(report: ArchReport, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 5))
     budgets = report.isoflop.budgets
     colours = plt.cm.viridis(np.linspace(0, 0.9, len(budgets)))
+    off_plot = False
     for budget, colour in zip(budgets, colours):
         n = report.points.params[budget.members]
         loss = report.points.loss[budget.members]
         ax.scatter(n, loss, s=14, color=colour, label=f"C = {budget.flops:.2g} FLOPs")
-        low, high = min(n.min(), budget.params_opt) / 1.2, max(n.max(), budget.params_opt) * 1.2
+        # the curve spans the sampled sizes and its minimum, but at most 3x past them: a minimum
+        # far off the sampled range (an off-centre budget) is marked at the edge with its value
+        edge_low, edge_high = n.min() / 3, n.max() * 3
+        low = max(min(n.min(), budget.params_opt) / 1.2, edge_low)
+        high = min(max(n.max(), budget.params_opt) * 1.2, edge_high)
         grid = np.geomspace(low, high, 100)
         ax.plot(grid, np.polyval(budget.coefficients, np.log(grid)), color=colour, linewidth=1)
-        ax.plot(budget.params_opt, budget.loss_opt, marker="x", color=colour, markersize=8)
+        if low <= budget.params_opt <= high:
+            ax.plot(budget.params_opt, budget.loss_opt, marker="x", color=colour, markersize=8)
+        else:
+            off_plot = True
+            edge = low if budget.params_opt < low else high
+            y = np.polyval(budget.coefficients, np.log(edge))
+            ax.plot(edge, y, marker="<" if edge == low else ">", color=colour, markersize=8)
+            ax.annotate(f"N_opt = {budget.params_opt:.2g}", (edge, y), textcoords="offset points", xytext=(4, -12), fontsize=7, color=colour)
     ax.plot([], [], "kx", label="parabola minimum (N_opt)")
+    if off_plot:
+        ax.plot([], [], "k<", label="minimum off the sampled sizes (extrapolated)")
     ax.set_xscale("log")
     ax.set_xlabel("parameters N [params]")
     ax.set_ylabel("final loss L [nats/token]")

@@ -273,3 +273,31 @@ def test_pure_power_laws_run_a_free_e_off_the_grid_and_fit_with_fix_e_zero(tmp_p
     assert "| E | 0 (fixed) |" in capsys.readouterr().out
     assert main(["--points", str(csv), "--fix-e", "-1"]) == 2
     assert "--fix-e -1.0: the irreducible loss must be >= 0" in capsys.readouterr().err
+
+
+def test_isoflop_plot_keeps_an_off_range_minimum_at_the_edge(tmp_path, monkeypatch):
+    """A budget whose parabola bottoms out far below the sampled sizes is drawn to 3x past them and
+    its minimum is named at the edge, instead of stretching the axis to the extrapolated minimum."""
+    import types
+
+    import matplotlib.pyplot as plt
+
+    from eval import scaling
+
+    n = np.array([3e4, 1e5, 3e5, 1e6])
+    log_n = np.log(n)
+    coefficients = np.array([0.01, 0.2, 0.5])  # minimum at log N = -10: N = 4.5e-5, far off
+    members = np.arange(4)
+    budget = types.SimpleNamespace(members=members, flops=1e12, coefficients=coefficients,
+                                   params_opt=float(np.exp(-10)), loss_opt=float(np.polyval(coefficients, -10)))
+    report = types.SimpleNamespace(arch="toy", points=types.SimpleNamespace(params=n, loss=np.polyval(coefficients, log_n)),
+                                   isoflop=types.SimpleNamespace(budgets=[budget]))
+    figures = []
+    close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: (figures.append(fig), close(fig)))
+    scaling.plot_isoflop(report, tmp_path / "iso.png")
+    assert (tmp_path / "iso.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ax = figures[0].axes[0]
+    assert ax.get_xlim()[0] > 3e4 / 10  # the axis stays near the sampled sizes
+    assert any(t.get_text() == "N_opt = 4.5e-05" for t in ax.texts)
+    assert "minimum off the sampled sizes (extrapolated)" in [t.get_text() for t in ax.get_legend().get_texts()]
