@@ -64,8 +64,10 @@ def _step(path: Path) -> int:
 
 
 def _reads(path: Path) -> bytes:
+    """The first 64 bytes of a checkpoint being written (the whole file may be a real checkpoint)."""
     try:
-        return path.read_bytes()[:64]
+        with path.open("rb") as f:
+            return f.read(64)
     except FileNotFoundError:  # renamed over last.ckpt meanwhile
         return b""
 
