@@ -3,7 +3,7 @@ import torch
 
 from arch.blocks.attention import Attention
 from arch.ops.attention import causal_attention
-from properties import assert_causal, assert_decode_matches_forward
+from tests.helpers.properties import assert_causal, assert_decode_matches_forward
 
 D = 32
 VARIANTS = {

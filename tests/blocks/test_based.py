@@ -14,7 +14,7 @@ from arch.blocks.conv import BaseConv
 from arch.blocks.linear_attention import LinearAttention
 from arch.lm import LanguageModel
 from arch.ops.short_conv import causal_conv1d_naive
-from properties import assert_decode_matches_forward
+from tests.helpers.properties import assert_decode_matches_forward
 
 D = 32
 CONF = Path(__file__).resolve().parents[2] / "conf"

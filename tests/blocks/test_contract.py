@@ -8,7 +8,7 @@ import torch
 from omegaconf import OmegaConf
 
 from arch.config import instantiate, locate
-from properties import assert_causal, assert_decode_matches_forward
+from tests.helpers.properties import assert_causal, assert_decode_matches_forward
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "block"
 D_MODEL = 64

@@ -10,7 +10,6 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import train  # noqa: F401  (registers the ${uid:} resolver used by run names)
-
 from arch.blocks.attention import Attention
 from arch.blocks.gla import GLA, recurrent_step
 from arch.lm import LanguageModel

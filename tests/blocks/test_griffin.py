@@ -1,7 +1,7 @@
 import torch
 
 from arch.blocks.griffin import RGLRUBlock, sqrt_bounded_derivative
-from properties import assert_causal, assert_decode_matches_forward
+from tests.helpers.properties import assert_causal, assert_decode_matches_forward
 
 D = 32
 

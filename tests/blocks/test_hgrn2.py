@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from arch.blocks.hgrn2 import HGRN2
 from arch.ops.gla import gated_linear_attention_naive
-from properties import assert_decode_matches_forward
+from tests.helpers.properties import assert_decode_matches_forward
 
 D = 32
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from arch.blocks.linear_attention import LinearAttention
-from properties import assert_causal, assert_decode_matches_forward
+from tests.helpers.properties import assert_causal, assert_decode_matches_forward
 
 D = 32
 

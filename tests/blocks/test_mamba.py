@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from arch.blocks.mamba import Mamba
 from arch.ops.scan import selective_scan_naive
 from arch.ops.short_conv import causal_conv1d_naive
-from properties import assert_decode_matches_forward
+from tests.helpers.properties import assert_decode_matches_forward
 
 D = 32
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from arch.blocks.mamba2 import Mamba2
 from arch.ops.gla import gated_linear_attention_naive
 from arch.ops.short_conv import causal_conv1d_naive
-from properties import assert_decode_matches_forward
+from tests.helpers.properties import assert_decode_matches_forward
 
 D = 32
 

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from arch.blocks.retnet import MultiScaleRetention
 from arch.ops.rope import rotary_embedding
-from properties import assert_decode_matches_forward
+from tests.helpers.properties import assert_decode_matches_forward
 
 D = 32
 

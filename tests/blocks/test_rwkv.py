@@ -3,7 +3,7 @@ import torch
 
 from arch.blocks.rwkv6 import RWKV6ChannelMix, RWKV6TimeMix, token_shift
 from arch.blocks.rwkv7 import RWKV7TimeMix
-from properties import assert_decode_matches_forward
+from tests.helpers.properties import assert_decode_matches_forward
 
 D = 32
 

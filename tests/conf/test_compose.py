@@ -44,8 +44,9 @@ def test_experiment_composes_and_its_model_builds(experiment):
 
 @pytest.mark.parametrize("trainer", sorted(p.stem for p in (CONF / "trainer").glob("*.yaml")))
 def test_trainer_presets_name_only_real_trainer_arguments(trainer):
-    from arch.config import check_kwargs, signature_fields
     from lightning.pytorch import Trainer
+
+    from arch.config import check_kwargs, signature_fields
 
     values = compose_values([f"trainer={trainer}"])["trainer"]
     fields, _, _ = signature_fields(Trainer)

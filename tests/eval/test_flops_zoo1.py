@@ -11,7 +11,7 @@ from arch.blocks.linear_attention import LinearAttention
 from arch.blocks.mamba2 import Mamba2
 from arch.blocks.retnet import MultiScaleRetention
 from eval.flops import _chunked_scan
-from test_flops_zoo2 import assert_block_flops_visible, assert_model_flops_visible
+from tests.eval.test_flops_zoo2 import assert_block_flops_visible, assert_model_flops_visible
 
 D = 64
 BLOCKS = {

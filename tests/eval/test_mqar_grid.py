@@ -1,8 +1,6 @@
 """A tiny MQAR grid runs end to end through Hydra multirun and eval.mqar, and a re-run skips finished cells."""
 
 import csv
-import sys
-from pathlib import Path
 
 import pytest
 

@@ -4,7 +4,6 @@ run directory and ends exactly as an uninterrupted run."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -14,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers import runs as _helpers
+
 ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("train_helpers", ROOT / "tests" / "train" / "conftest.py")
-_helpers = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_helpers)
+
 TINY, scalars = _helpers.TINY, _helpers.scalars
 RUN = ["trainer.max_steps=40", "trainer.val_check_interval=20", "callbacks.checkpoint_every_n_steps=5", "trainer.deterministic=true"]
 

@@ -3,7 +3,6 @@ sweep through the submitit launcher (local executor)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import runs as _helpers
+
 ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("train_helpers", ROOT / "tests" / "train" / "conftest.py")
-_helpers = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_helpers)
 
 
 def _dry_run(*overrides: str) -> str:

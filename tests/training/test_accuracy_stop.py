@@ -7,7 +7,7 @@ import pytest
 
 import train as train_module
 from arch.config import ConfigError
-from tests.train.conftest import compose_config, scalars
+from tests.helpers.runs import compose_config, scalars
 
 TINY_MQAR = [
     "experiment=mqar_quick",

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, scalars
+from tests.helpers.runs import TINY, scalars
 
 TRAIN = str(Path(__file__).resolve().parents[2] / "train.py")
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY, scalars
 from data.checkpoint import CheckpointError
+from tests.helpers.runs import TINY, scalars
 
 ROOT = Path(__file__).resolve().parents[2]
 N = 6

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import train as train_module
-from conftest import scalars
+from tests.helpers.runs import scalars
 
 
 def test_short_training_run_lowers_validation_loss_and_writes_the_run_directory(tmp_path, run_tiny):
@@ -108,8 +108,9 @@ def test_flops_budget_without_a_step_size_is_a_config_error(data, trainer, messa
 
 
 def test_flops_budget_scales_steps_with_the_inverse_model_cost():
-    from conftest import compose_config
     from omegaconf import OmegaConf
+
+    from tests.helpers.runs import compose_config
 
     def steps(d_model):
         cfg = OmegaConf.to_container(compose_config([f"model.d_model={d_model}", "data.seq_len=64", "data.batch_size=2"]))
