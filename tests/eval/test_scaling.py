@@ -145,11 +145,11 @@ def test_bootstrap_intervals_contain_fit_and_are_seeded():
 def write_sweep(root: Path, arches: dict[str, dict]) -> None:
     for arch, truth in arches.items():
         params, tokens, flops, loss = isoflop_design(truth=truth)
-        for i, (n, d, c, l) in enumerate(zip(params, tokens, flops, loss)):
+        for i, (n, d, c, final_loss) in enumerate(zip(params, tokens, flops, loss)):
             run = root / arch / f"run{i:02d}"
             run.mkdir(parents=True)
             metrics = {"model": arch, "params_total": int(n), "params_non_embedding": int(0.9 * n),
-                       "tokens": int(d), "flops": float(c), "val/loss": float(l)}
+                       "tokens": int(d), "flops": float(c), "val/loss": float(final_loss)}
             (run / "metrics.json").write_text(json.dumps(metrics))
 
 
@@ -263,7 +263,7 @@ def test_pure_power_laws_run_a_free_e_off_the_grid_and_fit_with_fix_e_zero(tmp_p
     with pytest.raises(GridBoundaryError, match="has e = "):
         fit_parametric(params, tokens, loss)  # E -> 0 is log E -> -inf: not identifiable
     csv = tmp_path / "points.csv"
-    csv.write_text("params,tokens,loss\n" + "".join(f"{n},{d},{l}\n" for n, d, l in zip(params, tokens, loss)))
+    csv.write_text("params,tokens,loss\n" + "".join(f"{n},{d},{final_loss}\n" for n, d, final_loss in zip(params, tokens, loss)))
     assert main(["--points", str(csv), "--json", "--bootstrap", "10", "--fix-e", "0"]) == 0
     fit = json.loads(capsys.readouterr().out)["fits"]["all"]
     assert fit["parametric"]["E"] == 0.0 and fit["parametric"]["fixed"] == ["E"]
