@@ -13,12 +13,13 @@ import dataclasses
 import difflib
 import importlib
 import inspect
+import math
 import types
 import typing
 from collections.abc import Mapping
 from typing import Any, Literal, Union
 
-ALLOWED_TARGET_PREFIXES = ("arch.", "data.", "lightning.", "torch.")
+ALLOWED_TARGET_PREFIXES = ("arch.", "data.", "training.", "lightning.", "torch.")
 
 
 class ConfigError(ValueError):
@@ -130,32 +131,105 @@ def locate(target: str, where: str) -> type:
         raise ConfigError(f"'{where}._target_' is {target!r}, which cannot be imported ({err}).") from err
 
 
-def instantiate(spec: Mapping[str, Any], where: str, offered: Mapping[str, Any] | None = None, **extra: Any) -> Any:
-    """Validate and build ``spec`` (a mapping with ``_target_``); ``extra`` are arguments the caller
-    supplies itself (such as ``d_model`` and ``layer_idx`` for a block) and may not appear in ``spec``;
-    ``offered`` ones (such as a block's ``n_layers``) are supplied the same way to a class whose
-    signature names them, and left out otherwise."""
+def check_spec(
+    spec: Mapping[str, Any],
+    where: str,
+    offered: Mapping[str, Any] | None = None,
+    supplied: typing.Iterable[str] = (),
+    cls: type | None = None,
+    **extra: Any,
+) -> tuple[type, dict[str, Any], dict[str, Any]]:
+    """Check ``spec`` (a mapping with ``_target_``) against its class's signature without building it:
+    returns the class, the configured keyword arguments and the caller's arguments. ``extra`` are
+    arguments the caller supplies itself (such as ``d_model`` and ``layer_idx`` for a block) and may
+    not appear in ``spec``; ``offered`` ones (such as a block's ``n_layers``) are supplied the same
+    way to a class whose signature names them, and left out otherwise; ``supplied`` names arguments
+    the caller will pass later (their values are not known yet). ``cls``: the class, when the caller
+    located ``_target_`` itself."""
     if not isinstance(spec, Mapping) or "_target_" not in spec:
         raise ConfigError(f"'{where}' must be a mapping with a '_target_' key, got {spec!r}.")
-    cls = locate(spec["_target_"], where)
+    cls = cls or locate(spec["_target_"], where)
     kwargs = {k: v for k, v in spec.items() if k != "_target_"}
     fields, required, var_kw = signature_fields(cls)
     extra = {**extra, **{k: v for k, v in (offered or {}).items() if k in fields}}
-    clash = set(kwargs) & set(extra)
+    own = set(extra) | set(supplied)
+    clash = set(kwargs) & own
     if clash:
         raise ConfigError(
-            f"'{where}' sets {sorted(clash)}, which the model sets itself for every layer; remove them from the block config."
+            f"'{where}' sets {sorted(clash)}, which the framework sets itself; remove them from the config."
         )
     if not var_kw:
-        check_kwargs(where, kwargs, {k: v for k, v in fields.items() if k not in extra}, cls.__name__)
-    missing = required - set(kwargs) - set(extra)
+        check_kwargs(where, kwargs, {k: v for k, v in fields.items() if k not in own}, cls.__name__)
+    missing = required - set(kwargs) - own
     if missing:
         raise ConfigError(f"'{where}' is missing required key(s) {sorted(missing)} for {cls.__name__}.")
-    return cls(**kwargs, **extra)
+    return cls, kwargs, extra
+
+
+def build(cls: type, kwargs: Mapping[str, Any], where: str, **extra: Any) -> Any:
+    """``cls(**kwargs, **extra)``, with a value the class rejects (a ``ValueError``, a failed
+    assertion, a size that does not divide) turned into a `ConfigError` that names ``where``."""
+    try:
+        return cls(**kwargs, **extra)
+    except ConfigError:
+        raise
+    except (ValueError, AssertionError, ZeroDivisionError, RuntimeError, TypeError) as err:
+        shown = ", ".join(f"{k}={v!r}" for k, v in {**kwargs, **extra}.items() if not isinstance(v, (list, dict)) or len(str(v)) < 60)
+        raise ConfigError(
+            f"'{where}' ({cls.__name__}) cannot be built with {shown}: {type(err).__name__}: {err}. "
+            f"Fix these values on the command line or in the YAML file."
+        ) from err
+
+
+def instantiate(spec: Mapping[str, Any], where: str, offered: Mapping[str, Any] | None = None, **extra: Any) -> Any:
+    """Validate and build ``spec`` (see `check_spec`; bad values become a `ConfigError`, see `build`)."""
+    cls, kwargs, extra = check_spec(spec, where, offered, **extra)
+    return build(cls, kwargs, where, **extra)
+
+
+@dataclasses.dataclass(frozen=True)
+class Bounds:
+    """The valid range of a numeric config value; None leaves that side open."""
+
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+
+    def holds(self, value: Any) -> bool:
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            return True  # None (where allowed) and non-numbers: the type check's business
+        return not (
+            (self.gt is not None and not value > self.gt)
+            or (self.ge is not None and not value >= self.ge)
+            or (self.lt is not None and not value < self.lt)
+            or (self.le is not None and not value <= self.le)
+        )
+
+    def describe(self) -> str:
+        low = f"> {self.gt:g}" if self.gt is not None else f">= {self.ge:g}" if self.ge is not None else ""
+        high = f"< {self.lt:g}" if self.lt is not None else f"<= {self.le:g}" if self.le is not None else ""
+        return " and ".join(p for p in (low, high) if p)
+
+
+def bounded(default: Any = dataclasses.MISSING, *, gt=None, ge=None, lt=None, le=None, **kwargs: Any) -> Any:
+    """A dataclass field whose value `from_mapping` checks against a range, e.g. ``lr: float = bounded(3e-3, gt=0)``."""
+    return dataclasses.field(default=default, metadata={"bounds": Bounds(gt, ge, lt, le)}, **kwargs)
+
+
+def check_bounds(where: str, name: str, value: Any, bounds: Bounds, example: Any = None) -> None:
+    """Raise ConfigError if ``value`` (of key ``where.name``) is outside ``bounds``."""
+    if bounds.holds(value) and not (isinstance(value, float) and not math.isfinite(value)):
+        return
+    hint = f" (the default is {example!r})" if example is not None and example is not dataclasses.MISSING else ""
+    raise ConfigError(
+        f"Config key '{where}.{name}' is {value!r}, but it must be {bounds.describe() or 'finite'}{hint}. "
+        f"Set it to a valid value on the command line ({where}.{name}=...) or in the YAML file."
+    )
 
 
 def from_mapping(schema: type, values: Mapping[str, Any], where: str) -> Any:
-    """Build the dataclass ``schema`` from ``values`` after checking keys and types."""
+    """Build the dataclass ``schema`` from ``values`` after checking keys, types and ranges."""
     hints = typing.get_type_hints(schema)
     fields = {f.name: hints[f.name] for f in dataclasses.fields(schema)}
     check_kwargs(where, values, fields, schema.__name__)
@@ -166,4 +240,7 @@ def from_mapping(schema: type, values: Mapping[str, Any], where: str) -> Any:
     ]
     if missing:
         raise ConfigError(f"'{where}' is missing required key(s) {missing} for {schema.__name__}.")
+    for f in dataclasses.fields(schema):
+        if "bounds" in f.metadata and f.name in values:
+            check_bounds(where, f.name, values[f.name], f.metadata["bounds"], f.default)
     return schema(**values)

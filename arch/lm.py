@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from arch.blocks.mlp import Identity
-from arch.config import ConfigError, from_mapping, instantiate
+from arch.config import ConfigError, bounded, from_mapping, instantiate
 
 
 @dataclass
@@ -24,23 +24,25 @@ class ModelConfig:
     """Schema of ``conf/model/*.yaml``: every key a preset may set."""
 
     name: str = "model"
-    d_model: int = 256
-    n_layers: int = 4
-    vocab_size: int | None = None  # None: taken from the data (tokenizer)
+    d_model: int = bounded(256, gt=0)
+    n_layers: int = bounded(4, gt=0)
+    vocab_size: int | None = bounded(None, gt=0)  # None: taken from the data (tokenizer)
     layers: list[str] = field(default_factory=lambda: ["attention"])
     overrides: dict[int, str] | None = None  # {layer index: block name}
     mlp: str | None = "swiglu"  # block name of the channel mixer; None: no MLP sublayer
     blocks: dict[str, Any] = field(default_factory=dict)
     tie_embeddings: bool = True
     norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
-    norm_eps: float = 1e-5
+    norm_eps: float = bounded(1e-5, gt=0)
     parallel: bool = False  # GPT-J / BAM style: mixer and MLP read the same normed input
     position: Literal["none", "learned"] = "none"  # absolute positions added to the embedding
-    max_seq_len: int = 2048  # only used by learned positions
-    init_std: float = 0.02
+    max_seq_len: int = bounded(2048, gt=0)  # only used by learned positions
+    init_std: float = bounded(0.02, gt=0)
 
     def layer_names(self) -> list[str]:
         """Block name of every layer: the pattern cycled, then the overrides."""
+        if not self.layers:
+            raise ConfigError("model.layers is empty: name at least one block, e.g. model.layers=[attention].")
         names = [self.layers[i % len(self.layers)] for i in range(self.n_layers)]
         for idx, name in (self.overrides or {}).items():
             if not 0 <= int(idx) < self.n_layers:

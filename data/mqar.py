@@ -17,7 +17,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from arch.config import ConfigError, from_mapping
+from arch.config import Bounds, ConfigError, bounded, check_bounds, from_mapping
 from data.stream import stream_loader
 
 
@@ -25,9 +25,9 @@ from data.stream import stream_loader
 class MQARSlice:
     """One (sequence length, kv pairs) setting with its number of examples."""
 
-    seq_len: int
-    num_kv_pairs: int
-    num_examples: int
+    seq_len: int = bounded(gt=0)
+    num_kv_pairs: int = bounded(gt=0)
+    num_examples: int = bounded(gt=0)
 
     @property
     def name(self) -> str:
@@ -129,6 +129,12 @@ class MQARDataModule(pl.LightningDataModule):
         seed: int = 0,
     ):
         super().__init__()
+        for key, value, bounds in (
+            ("vocab_size", vocab_size, Bounds(gt=0)), ("batch_size", batch_size, Bounds(gt=0)), ("eval_batch_size", eval_batch_size, Bounds(gt=0)),
+            ("num_train_examples", num_train_examples, Bounds(gt=0)), ("num_test_examples", num_test_examples, Bounds(gt=0)),
+            ("power_a", power_a, Bounds(gt=0)), ("num_workers", num_workers, Bounds(ge=0)),
+        ):
+            check_bounds("data", key, value, bounds)
         if slice is not None:
             if train_slices or test_slices:
                 raise ConfigError("data.slice and data.train_slices/test_slices both set: use one (slice='L64_K4' trains and tests on that one setting).")

@@ -12,9 +12,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from arch.config import Bounds, check_bounds
 from data.corpus import Corpus, DataError, cache_key, dataset_corpus, load_packed, pack, stdlib_corpus
 from data.stream import stream_loader
-from data.tokenizers import ByteTokenizer, load_tokenizer_file, train_bpe
+from data.tokenizers import ByteTokenizer, load_tokenizer_file, tokenizer_file, train_bpe
 
 
 class _Windows(Dataset):
@@ -67,6 +68,14 @@ class TextDataModule(pl.LightningDataModule):
         cache_dir: str = "~/.cache/mixerlab",
     ):
         super().__init__()
+        for key, value, bounds in (
+            ("seq_len", seq_len, Bounds(gt=0)), ("batch_size", batch_size, Bounds(gt=0)), ("val_batches", val_batches, Bounds(gt=0)),
+            ("val_fraction", val_fraction, Bounds(gt=0, lt=1)), ("bpe_vocab_size", bpe_vocab_size, Bounds(gt=256)),
+            ("max_files", max_files, Bounds(gt=0)), ("num_workers", num_workers, Bounds(ge=0)),
+        ):
+            check_bounds("data", key, value, bounds)
+        if tokenizer not in ("byte", "bpe"):
+            tokenizer_file(tokenizer)  # a missing file is a config error now, not after the corpus is read
         if source == "files" and not paths:
             raise DataError("data.source=files needs data.paths: a list of local files or glob patterns.")
         if source == "hf" and not dataset:

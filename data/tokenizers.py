@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from arch.config import ConfigError
+
 
 class ByteTokenizer:
     """UTF-8 bytes 0..255 plus an end-of-document token 256."""
@@ -32,7 +34,10 @@ class HFTokenizer:
         self.vocab_size = tokenizer.get_vocab_size()
         eos = tokenizer.token_to_id(eos_token)
         if eos is None:
-            raise ValueError(f"tokenizer {spec} has no end-of-document token {eos_token!r}; add one or set data.eos_token")
+            raise ConfigError(
+                f"The tokenizer {spec} has no end-of-document token {eos_token!r}, which mixerlab puts between documents. "
+                f"Add it to the tokenizer's special tokens (tokenizers: add_special_tokens([{eos_token!r}])), or use data.tokenizer=bpe."
+            )
         self.eos_id = eos
 
     def encode(self, text: str) -> np.ndarray:
@@ -65,15 +70,23 @@ def train_bpe(texts: Iterator[str], vocab_size: int, path: Path) -> HFTokenizer:
     return HFTokenizer(tok, {"kind": "bpe", "vocab_size": vocab_size})
 
 
+def tokenizer_file(path: str) -> Path:
+    """The ``tokenizer.json`` that ``path`` names (the file, or a folder holding one); a `ConfigError`
+    when there is none."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        p = p / "tokenizer.json"
+    if not p.is_file():
+        raise ConfigError(
+            f"data.tokenizer={path!r}: the tokenizer file {p} does not exist. Set data.tokenizer to 'byte', 'bpe', "
+            "or the path of an existing tokenizer.json (or of a folder holding one)."
+        )
+    return p
+
+
 def load_tokenizer_file(path: str) -> HFTokenizer:
     """Load ``tokenizer.json`` (or a directory holding one) saved by the `tokenizers` library."""
     from tokenizers import Tokenizer
 
-    p = Path(path)
-    if p.is_dir():
-        p = p / "tokenizer.json"
-    if not p.is_file():
-        raise FileNotFoundError(
-            f"Tokenizer file {p} does not exist. Set data.tokenizer to 'byte', 'bpe', or the path of a tokenizer.json."
-        )
+    p = tokenizer_file(path)
     return HFTokenizer(Tokenizer.from_file(str(p)), {"kind": "file", "path": str(p.resolve()), "size": p.stat().st_size})

@@ -29,17 +29,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 def grid_root(overrides: list[str]) -> Path:
     """The sweep directory of an experiment (``hydra.sweep.dir``), composed the way train.py would."""
-    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
-    import train  # noqa: F401  (registers the config resolvers)
-
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from training.compose import compose
 
     parsed = OverridesParser.create().parse_overrides(overrides)
     single = [o.input_line for o in parsed if not o.is_sweep_override() and not o.input_line.startswith("hydra/")]
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=single, return_hydra_config=True)
+    cfg = compose(single, return_hydra_config=True)
     return Path(OmegaConf.select(cfg, "hydra.sweep.dir"))
 
 

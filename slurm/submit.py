@@ -29,15 +29,11 @@ TEMPLATE_OPTIONS = {"job-name", "nodes", "ntasks-per-node", "signal", "requeue",
 
 def compose(overrides: list[str]):
     """The run's config with its ``hydra`` node, the SLURM launcher's knobs included."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
     sys.path.insert(0, str(ROOT))
-    import train  # noqa: F401  (registers the config's resolvers)
+    from training.compose import compose as compose_config
 
     launcher = [] if any(o.startswith("hydra/launcher=") for o in overrides) else ["hydra/launcher=slurm"]
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=launcher + overrides, return_hydra_config=True)
+    return compose_config(launcher + overrides, return_hydra_config=True)
 
 
 def _time(minutes: int) -> str:

@@ -4,11 +4,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-import train  # noqa: F401  (registers the ${uid:} resolver used by run names)
 from arch.lm import LanguageModel
+from training.compose import compose
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
@@ -16,9 +15,7 @@ EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
 
 def compose_values(overrides):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
-    return OmegaConf.to_container(cfg, resolve=True)
+    return OmegaConf.to_container(compose(overrides), resolve=True)
 
 
 @pytest.mark.parametrize("preset", MODELS)
@@ -54,14 +51,29 @@ def test_trainer_presets_name_only_real_trainer_arguments(trainer):
     assert values["max_steps"] > 0
 
 
-def test_model_schema_yaml_lists_every_model_config_field_with_its_default():
+def test_defaults_come_from_the_dataclasses_and_callback_signatures():
     import dataclasses
+    import inspect
 
     from arch.lm import ModelConfig
+    from training.callbacks import Checkpoint, Progress, Throughput
+    from training.config import DebugConfig, OptimConfig, ScheduleConfig
 
-    yaml = OmegaConf.to_container(OmegaConf.load(CONF / "schema" / "model.yaml"))
-    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory() for f in dataclasses.fields(ModelConfig)}
-    assert yaml == defaults
+    values = compose_values(["model=transformer"])
+    model_defaults = dataclasses.asdict(ModelConfig())
+    assert set(values["model"]) == set(model_defaults)  # every key overridable without '+'
+    assert values["model"]["norm_eps"] == model_defaults["norm_eps"] and values["model"]["init_std"] == model_defaults["init_std"]
+    assert values["optim"] == dataclasses.asdict(OptimConfig())
+    assert values["schedule"] == dataclasses.asdict(ScheduleConfig())
+    assert values["debug"] == dataclasses.asdict(DebugConfig())
+    for name, cls in (("checkpoint", Checkpoint), ("throughput", Throughput), ("progress", Progress)):
+        params = inspect.signature(cls.__init__).parameters
+        node = values["callbacks"][name]
+        assert node["_target_"] == f"training.callbacks.{cls.__name__}"
+        assert {k: v for k, v in node.items() if k != "_target_"} == {
+            k: p.default for k, p in params.items() if k not in ("self", "dirpath", "run_dir")
+        }
+    assert not (CONF / "schema").exists()  # no YAML copy of a dataclass' defaults
 
 
 @pytest.mark.parametrize("preset", MODELS)

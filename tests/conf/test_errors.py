@@ -16,7 +16,12 @@ CASES = {
     "unknown_preset": (["model=nosuchmodel"], ["nosuchmodel", "transformer"]),
     "missing_data_file": (["data=files", "data.paths=[corpus/missing.jsonl]"], ["missing.jsonl", "does not exist"]),
     "missing_required_value": (["data=files"], ["data.paths"]),
+    "negative_width": (["model.d_model=-8"], ["model.d_model", "-8", "> 0"]),
+    "missing_tokenizer": (["data.tokenizer=nowhere.json"], ["data.tokenizer", "nowhere.json", "does not exist"]),
+    "heads_do_not_divide": (["model.blocks.attention.n_kv_heads=3"], ["model.blocks.attention", "n_heads=4", "multiple of n_kv_heads=3"]),
 }
+# composition errors are Hydra's own (exit code 1); every other bad input is mixerlab's config error
+HYDRA_ERRORS = {"unknown_preset"}
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -26,8 +31,10 @@ def test_bad_input_gives_a_short_error_and_leaves_nothing_behind(case, tmp_path)
         [sys.executable, TRAIN, *overrides, f"paths.cache={tmp_path / 'cache'}"],
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )
-    assert proc.returncode != 0
+    assert proc.returncode == (1 if case in HYDRA_ERRORS else 2), proc.stderr
     err = proc.stderr
+    if case not in HYDRA_ERRORS:
+        assert err.startswith("mixerlab: config error: ") and len(err.strip().splitlines()) == 1, err
     for word in expected:
         assert word in err, (word, err)
     assert "Traceback" not in err

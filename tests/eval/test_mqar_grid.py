@@ -19,7 +19,7 @@ TINY_GRID = [
     "trainer=cpu",
     "trainer.max_steps=6",
     "trainer.val_check_interval=6",
-    "callbacks.progress_bar=false",
+    "callbacks.progress=null",
     "optim.lr=1e-3,1e-2",
 ]
 

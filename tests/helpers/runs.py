@@ -4,11 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-
-import train  # noqa: F401  (registers the resolvers; replaced by the compose module in the redesign)
-
-CONF = str(Path(__file__).resolve().parents[2] / "conf")
+from training.compose import compose
 
 TINY = [
     "trainer=cpu",
@@ -21,14 +17,13 @@ TINY = [
     "data.batch_size=4",
     "data.val_batches=2",
     "trainer.log_every_n_steps=1",
-    "callbacks.progress_bar=false",
+    "callbacks.progress=null",
     "schedule.warmup_steps=2",
 ]
 
 
 def compose_config(overrides):
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
+    return compose(overrides)
 
 
 def scalars(run_dir: Path, tag: str) -> dict[int, float]:

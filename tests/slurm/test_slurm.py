@@ -18,7 +18,7 @@ from tests.helpers import runs as _helpers
 ROOT = Path(__file__).resolve().parents[2]
 
 TINY, scalars = _helpers.TINY, _helpers.scalars
-RUN = ["trainer.max_steps=40", "trainer.val_check_interval=20", "callbacks.checkpoint_every_n_steps=5", "trainer.deterministic=true"]
+RUN = ["trainer.max_steps=40", "trainer.val_check_interval=20", "callbacks.checkpoint.every_n_steps=5", "trainer.deterministic=true"]
 
 
 def _checkpoint_step(path: Path) -> int:
@@ -57,7 +57,7 @@ def test_a_requeued_job_resumes_in_its_run_directory_and_matches_an_uninterrupte
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     submitted = subprocess.run(
-        [sys.executable, "slurm/submit.py", *common, "callbacks.step_delay_s=0.3",
+        [sys.executable, "slurm/submit.py", *common, "debug.step_delay_s=0.3",
          "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=null", "hydra.launcher.timeout_min=20"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
     )

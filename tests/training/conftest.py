@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-import train as train_module
 from tests.helpers.runs import TINY, compose_config
+from training.run import train
 
 
 @pytest.fixture
@@ -13,6 +13,6 @@ def run_tiny(tmp_path_factory):
 
     def run(run_dir: Path, *overrides: str) -> dict:
         cfg = compose_config(TINY + [f"paths.cache={cache}", *overrides])
-        return train_module.train(cfg, run_dir)
+        return train(cfg, run_dir)
 
     return run

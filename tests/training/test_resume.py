@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from data.checkpoint import CheckpointError
 from tests.helpers.runs import TINY, scalars
+from training.checkpoint import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[2]
 N = 6
-RUN = [f"trainer.max_steps={3 * N}", f"trainer.val_check_interval={N}", f"callbacks.checkpoint_every_n_steps={N}", "trainer.deterministic=true"]
+RUN = [f"trainer.max_steps={3 * N}", f"trainer.val_check_interval={N}", f"callbacks.checkpoint.every_n_steps={N}", "trainer.deterministic=true"]
 
 # a train.py whose checkpoint writes from step 2N on stop half-way (the test kills it there)
 HANGING_SAVE = f"""
@@ -31,8 +31,8 @@ def save(obj, f, *args, **kwargs):
     return real_save(obj, f, *args, **kwargs)
 torch.save = save
 sys.argv = ["train.py"] + sys.argv[1:]
-import train
-train.main()
+from training.run import main
+main()
 """
 
 
@@ -82,7 +82,7 @@ def _same_curves(a_dir: Path, b_dir: Path) -> None:
 @pytest.mark.slow
 def test_kill_9_after_a_checkpoint_then_resume_matches_the_uninterrupted_run(tmp_path):
     reference = _start(tmp_path, "whole")
-    killed = _start(tmp_path, "killed", "callbacks.step_delay_s=0.3")
+    killed = _start(tmp_path, "killed", "debug.step_delay_s=0.3")
     last = tmp_path / "runs/killed/checkpoints/last.ckpt"
     _wait_for(lambda: _step(last) == N, killed, f"the checkpoint of step {N}")
     time.sleep(0.15)  # into step N + 1, whose start wrote step N's metrics to disk
@@ -111,9 +111,9 @@ def test_kill_9_during_a_checkpoint_write_keeps_the_previous_checkpoint_and_resu
 
 
 def test_a_truncated_last_checkpoint_falls_back_to_the_previous_one_with_a_warning(tmp_path, run_tiny, caplog):
-    common = ["trainer.max_steps=8", "trainer.val_check_interval=4", "callbacks.checkpoint_every_n_steps=3", "trainer.deterministic=true"]
+    common = ["trainer.max_steps=8", "trainer.val_check_interval=4", "callbacks.checkpoint.every_n_steps=3", "trainer.deterministic=true"]
     whole = run_tiny(tmp_path / "whole", *common)
-    assert run_tiny(tmp_path / "split", *common, "callbacks.stop_after_steps=5") == {"stopped_at_step": 5}
+    assert run_tiny(tmp_path / "split", *common, "+callback@callbacks.stop_after=stop_after_steps", "callbacks.stop_after.steps=5") == {"stopped_at_step": 5}
     ckpts = tmp_path / "split/checkpoints"
     assert _step(ckpts / "last.ckpt") == 5 and _step(ckpts / "last.previous.ckpt") == 3
     data = (ckpts / "last.ckpt").read_bytes()

@@ -4,8 +4,11 @@ import math
 import pytest
 import torch
 
-import train as train_module
+from arch.config import ConfigError
 from tests.helpers.runs import scalars
+from training.config import ScheduleConfig
+from training.run import steps_for_budget
+from training.task import LMTask, TrainingDiverged, lr_factor
 
 
 def test_short_training_run_lowers_validation_loss_and_writes_the_run_directory(tmp_path, run_tiny):
@@ -33,9 +36,9 @@ def test_short_training_run_lowers_validation_loss_and_writes_the_run_directory(
 
 
 def test_resume_continues_the_step_count_and_reproduces_the_uninterrupted_losses(tmp_path, run_tiny):
-    common = ["trainer.max_steps=12", "trainer.val_check_interval=6", "callbacks.checkpoint_every_n_steps=3"]
+    common = ["trainer.max_steps=12", "trainer.val_check_interval=6", "callbacks.checkpoint.every_n_steps=3"]
     whole = run_tiny(tmp_path / "whole", *common)
-    stopped = run_tiny(tmp_path / "split", *common, "callbacks.stop_after_steps=5")
+    stopped = run_tiny(tmp_path / "split", *common, "+callback@callbacks.stop_after=stop_after_steps", "callbacks.stop_after.steps=5")
     assert stopped == {"stopped_at_step": 5}
     assert torch.load(tmp_path / "split/checkpoints/last.ckpt", weights_only=False)["global_step"] == 5
     resumed = run_tiny(tmp_path / "split", *common)
@@ -53,7 +56,7 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_checkpoints(tmp_path
     from arch.lm import LanguageModel
 
     monkeypatch.setattr(LanguageModel, "loss", lambda self, ids, labels: self.hidden_states(ids).sum() * float("nan"))
-    with pytest.raises(train_module.TrainingDiverged, match="became nan at step 4.*Lower optim.lr"):
+    with pytest.raises(TrainingDiverged, match="became nan at step 4.*Lower optim.lr"):
         run_tiny(tmp_path, "trainer.max_steps=8", "trainer.val_check_interval=4")
     assert (tmp_path / "checkpoints" / "last.ckpt").read_bytes() == before
 
@@ -63,19 +66,19 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_checkpoints(tmp_path
     [("cosine", 0, 0.1), ("cosine", 9, 1.0), ("cosine", 100, 0.1), ("wsd", 50, 1.0), ("wsd", 79, 1.0), ("wsd", 100, 0.1), ("constant", 70, 1.0)],
 )
 def test_schedules(name, step, expected):
-    s = train_module.ScheduleConfig(name=name, warmup_steps=10, min_lr_ratio=0.1, cooldown_fraction=0.2)
-    assert train_module.lr_factor(step, 100, s) == pytest.approx(expected)
+    s = ScheduleConfig(name=name, warmup_steps=10, min_lr_ratio=0.1, cooldown_fraction=0.2)
+    assert lr_factor(step, 100, s) == pytest.approx(expected)
 
 
 def test_wsd_cooldown_follows_one_minus_sqrt():
-    s = train_module.ScheduleConfig(name="wsd", warmup_steps=0, min_lr_ratio=0.0, cooldown_fraction=0.2)
-    assert train_module.lr_factor(90, 100, s) == pytest.approx(1 - math.sqrt(0.5))
+    s = ScheduleConfig(name="wsd", warmup_steps=0, min_lr_ratio=0.0, cooldown_fraction=0.2)
+    assert lr_factor(90, 100, s) == pytest.approx(1 - math.sqrt(0.5))
 
 
 def test_no_weight_decay_on_norms_biases_and_embeddings(tmp_path):
-    task = train_module.build_task(
+    task = LMTask(
         {"d_model": 16, "n_layers": 1, "blocks": {"attention": {"_target_": "arch.blocks.attention.Attention", "n_heads": 2, "bias": True}, "swiglu": {"_target_": "arch.blocks.mlp.SwiGLU"}}},
-        {}, {}, vocab_size=20, max_steps=10,
+        vocab_size=20, max_steps=10,
     )
     opt = task.configure_optimizers()["optimizer"]
     decayed = {id(p) for p in opt.param_groups[0]["params"]}
@@ -103,8 +106,8 @@ def test_flops_budget_sets_the_step_count_and_a_rerun_skips_the_finished_run(tmp
     ],
 )
 def test_flops_budget_without_a_step_size_is_a_config_error(data, trainer, message):
-    with pytest.raises(train_module.ConfigError, match=message):
-        train_module.steps_for_budget(1e9, {}, data, trainer, 257)
+    with pytest.raises(ConfigError, match=message):
+        steps_for_budget(1e9, {}, data, trainer, 257)
 
 
 def test_flops_budget_scales_steps_with_the_inverse_model_cost():
@@ -114,7 +117,7 @@ def test_flops_budget_scales_steps_with_the_inverse_model_cost():
 
     def steps(d_model):
         cfg = OmegaConf.to_container(compose_config([f"model.d_model={d_model}", "data.seq_len=64", "data.batch_size=2"]))
-        return train_module.steps_for_budget(1e12, cfg["model"], cfg["data"], {"devices": 2, "num_nodes": 1}, 257)
+        return steps_for_budget(1e12, cfg["model"], cfg["data"], {"devices": 2, "num_nodes": 1}, 257)
 
     from arch.lm import LanguageModel
     from eval.flops import training_flops_per_token

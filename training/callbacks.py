@@ -1,0 +1,189 @@
+"""Module-level Lightning callbacks. The ``callbacks`` config group names them as ``_target_``
+mappings (``conf/callbacks/default.yaml``), so a run can leave one out (``callbacks.progress=null``)
+or add its own (``+callbacks.mine._target_=my_module.MyCallback``); the framework adds
+`training.preemption.Preemption`, `FlushLogs` and, in tests, `StepDelay` itself.
+
+A callback whose signature names ``dirpath`` (the run's checkpoint folder) or ``run_dir`` gets it
+from the framework.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from arch.config import ConfigError
+
+# Dense bf16 (GPU) / fp32 (CPU, measured) peak FLOP/s per device, matched against the device name.
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "4090": 165e12}
+
+
+class Checkpoint(ModelCheckpoint):
+    """``<dirpath>/last.ckpt`` every ``every_n_steps`` optimizer steps (the file a run resumes from;
+    `training.checkpoint.AtomicCheckpointIO` keeps the one it replaces)."""
+
+    def __init__(self, dirpath: str, every_n_steps: int = 200):
+        if not isinstance(every_n_steps, int) or every_n_steps <= 0:
+            raise ValueError(f"every_n_steps must be a positive number of steps, got {every_n_steps!r}")
+        super().__init__(
+            dirpath=dirpath, filename="step{step}", auto_insert_metric_name=False, save_last=True, save_top_k=0,
+            every_n_train_steps=every_n_steps,
+        )
+
+
+class StopAtAccuracy(pl.Callback):
+    """End training after the first validation whose ``mqar/accuracy`` is >= ``threshold``
+    (Zoology's early stop); ``reached_at`` is then that step, and the run counts as finished."""
+
+    def __init__(self, threshold: float = 0.99):
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
+            raise ValueError(f"threshold must be an accuracy in (0, 1], e.g. 0.99; got {threshold!r}")
+        self.threshold, self.reached_at = float(threshold), None
+
+    def check_datamodule(self, datamodule) -> None:
+        if not getattr(datamodule, "is_recall", False):
+            raise ConfigError(
+                "callbacks.stop_at_accuracy needs an MQAR dataset (data=mqar), whose validation measures mqar/accuracy; "
+                "remove it for language-model data."
+            )
+
+    def on_validation_end(self, trainer, *args) -> None:
+        accuracy = trainer.callback_metrics.get("mqar/accuracy")
+        if trainer.sanity_checking or accuracy is None or float(accuracy) < self.threshold:
+            return
+        self.reached_at = trainer.global_step
+        trainer.should_stop = True
+
+
+class StopAfterSteps(pl.Callback):
+    """End the process after ``steps`` optimizer steps, once ``<dirpath>/last.ckpt`` holds that step:
+    a stand-in for preemption in tests and short sessions (the run is not finished; starting it
+    again resumes it)."""
+
+    def __init__(self, dirpath: str, steps: int):
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
+            raise ValueError(f"steps must be a positive number of optimizer steps, got {steps!r}")
+        self.last, self.steps = Path(dirpath) / "last.ckpt", steps
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step >= self.steps and not trainer.should_stop:
+            trainer.save_checkpoint(str(self.last), weights_only=False)
+            trainer.should_stop = True
+
+
+class StepDelay(pl.Callback):
+    """Sleep ``seconds`` after each batch (``debug.step_delay_s``): lets tests interrupt a tiny run
+    mid-way. Added before `Preemption`, which then sees a signal that came during the sleep."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def on_train_batch_end(self, *args) -> None:
+        time.sleep(self.seconds)
+
+
+class FlushLogs(pl.Callback):
+    """The step a checkpoint holds is sent to the loggers just after the save: write it (and
+    everything before it) to disk at the next batch, so that a kill -9 loses no logged step that a
+    checkpoint holds."""
+
+    def __init__(self) -> None:
+        self._pending = False
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        self._pending = True
+
+    def on_train_batch_start(self, trainer, *args) -> None:
+        if self._pending:
+            for logger in trainer.loggers:
+                flush = getattr(logger.experiment, "flush", None)
+                if callable(flush):
+                    flush()
+            self._pending = False
+
+
+def peak_flops(configured: float | None) -> float | None:
+    """The per-device peak FLOP/s that ``train/mfu`` divides by: ``configured`` when given, else the
+    table entry whose key is in the CUDA device's name, else None (no MFU)."""
+    if configured is not None or not torch.cuda.is_available():
+        return configured
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+class Throughput(pl.Callback):
+    """``train/tokens_per_sec`` between consecutive optimizer steps, and ``train/mfu`` = tokens/s x
+    training FLOPs per token (`arch.flops`) / (peak x devices) when the peak is known."""
+
+    def __init__(self, peak_flops: float | None = None):
+        self.peak_flops = peak_flops
+        self._last: float | None = None
+        self._peak: float | None = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._peak, self._last = peak_flops(self.peak_flops), None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        now = time.perf_counter()
+        n_tokens = batch["input_ids"].numel() * trainer.world_size
+        if self._last is not None:
+            tps = n_tokens / (now - self._last)
+            metrics = {"step": float(trainer.global_step), "train/tokens_per_sec": tps}
+            fpt = getattr(pl_module, "flops_per_token", None)
+            if self._peak and fpt:
+                metrics["train/mfu"] = tps * fpt / (self._peak * trainer.world_size)
+            pl_module.log_dict(metrics, on_step=True, batch_size=batch["input_ids"].shape[0])
+            pl_module.last_tokens_per_sec = tps
+        self._last = now
+
+
+class Progress(pl.Callback):
+    """One progress bar in optimizer steps out of ``max_steps``, with the loss, tokens/s and the last
+    validation loss (Lightning's own bar counts batches of an epoch and prints validation bars)."""
+
+    def __init__(self, refresh_s: float = 0.5):
+        self.refresh_s = refresh_s
+        self._bar = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        from tqdm.auto import tqdm
+
+        if not trainer.is_global_zero:
+            return
+        self._bar = tqdm(
+            total=trainer.max_steps, initial=trainer.global_step, unit="step", dynamic_ncols=True, file=sys.stderr,
+            mininterval=self.refresh_s, disable=os.environ.get("MIXERLAB_PROGRESS", "1") == "0",
+        )
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        if self._bar is None:
+            return
+        info = {}
+        loss = trainer.callback_metrics.get("loss")
+        if loss is not None:
+            info["loss"] = f"{float(loss):.3f}"
+        tps = getattr(pl_module, "last_tokens_per_sec", None)
+        if tps:
+            info["tok/s"] = f"{tps:,.0f}"
+        val = trainer.callback_metrics.get("val/loss")
+        if val is not None and math.isfinite(float(val)):
+            info["val"] = f"{float(val):.3f}"
+        self._bar.set_postfix(info, refresh=False)
+        self._bar.update(trainer.global_step - self._bar.n)
+        if trainer.global_step >= trainer.max_steps:
+            self.on_train_end(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self.on_train_end(trainer, pl_module)
