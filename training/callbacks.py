@@ -176,9 +176,11 @@ class Progress(pl.Callback):
         if val is not None and math.isfinite(float(val)):
             info["val"] = f"{float(val):.3f}"
         self._bar.set_postfix(info, refresh=False)
-        self._bar.update(trainer.global_step - self._bar.n)
-        if trainer.global_step >= trainer.max_steps:
+        if trainer.global_step >= trainer.max_steps:  # the last state is drawn once, by close()
+            self._bar.n = trainer.global_step
             self.on_train_end(trainer, pl_module)
+        else:
+            self._bar.update(trainer.global_step - self._bar.n)
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self._bar is not None:
