@@ -6,13 +6,13 @@ import re
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from tests.helpers.runs import CONF  # also registers the ${uid:} and ${div:} resolvers
+from training.compose import CONF_DIR, compose
 
-REPO = Path(CONF).parent
+CONF = str(CONF_DIR)
+REPO = CONF_DIR.parent
 EXPERIMENTS = sorted(p.stem for p in (Path(CONF) / "experiment").glob("*.yaml"))
 RUNS = "RUNS"  # paths.runs for every compose here, so MIXERLAB_RUNS does not matter
 
@@ -34,8 +34,7 @@ MAX_COMMENT_LINES = 6  # the header and a few short inline notes
 
 
 def compose_hydra(overrides):
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose(config_name="config", overrides=[*overrides, f"paths.runs={RUNS}"], return_hydra_config=True)
+    return compose([*overrides, f"paths.runs={RUNS}"], return_hydra_config=True)
 
 
 def leaves(node, prefix=""):
