@@ -41,23 +41,21 @@ import torch.nn.functional as F
 from arch.ops import (
     causal_conv1d,
     causal_conv1d_naive,
+    diagonal_recurrence,
+    diagonal_recurrence_naive,
     gated_linear_attention,
     gated_linear_attention_naive,
     linear_attention,
     linear_attention_naive,
     rwkv6,
     rwkv6_naive,
-    taylor_feature_map,
-)
-from arch.ops.backend import MALLOC_TUNING_ENV, is_importable, keep_freed_memory
-from arch.ops.scan import (
-    diagonal_recurrence,
-    diagonal_recurrence_naive,
     rwkv7,
     rwkv7_naive,
     selective_scan,
     selective_scan_naive,
+    taylor_feature_map,
 )
+from arch.ops.backend import MALLOC_TUNING_ENV, is_importable, keep_freed_memory
 
 H, D, FEATURE_DIM = 4, 64, 16  # heads, head dim; Based's feature dim before the Taylor map
 D_INNER, D_STATE = 256, 16  # Mamba's S6 channels and state size per channel

@@ -33,9 +33,8 @@ from arch.blocks.mamba2 import Mamba2
 from arch.blocks.retnet import MultiScaleRetention
 from arch.blocks.rwkv6 import RWKV6ChannelMix, RWKV6TimeMix
 from arch.blocks.rwkv7 import RWKV7TimeMix
+from arch.ops import rwkv6, rwkv7
 from arch.ops.gla import _block_sizes, _chunk
-from arch.ops.rwkv6 import rwkv6
-from arch.ops.scan import rwkv7
 
 
 def _mean_context(seq_len: int, window: int | None) -> float:

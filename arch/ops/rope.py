@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from arch.ops.backend import accumulation_dtype
+
 
 def rotary_embedding(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
     """Rotate channel pairs (i, i + D/2) of ``x`` by angle ``pos * base^(-2i/D)``.
@@ -13,7 +15,7 @@ def rotary_embedding(x: torch.Tensor, positions: torch.Tensor, base: float = 100
     difference of their positions, which is what makes `step` decoding match `forward`.
     """
     d = x.shape[-1]
-    work = torch.float64 if x.dtype == torch.float64 else torch.float32
+    work = accumulation_dtype(x)
     inv_freq = base ** (-torch.arange(0, d, 2, device=x.device, dtype=work) / d)
     angles = positions.to(work)[:, None] * inv_freq[None, :]  # [T, D/2]
     cos, sin = angles.cos()[None, :, None, :], angles.sin()[None, :, None, :]

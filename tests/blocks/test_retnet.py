@@ -13,7 +13,8 @@ D = 32
 
 def test_retnet_decays_are_exactly_one_minus_two_to_minus_five_minus_h():
     block = MultiScaleRetention(D, n_heads=4)
-    torch.testing.assert_close(block.decay(), torch.tensor([1 - 1 / 32, 1 - 1 / 64, 1 - 1 / 128, 1 - 1 / 256], dtype=torch.float64), rtol=0, atol=0)
+    expected = torch.tensor([1 - 1 / 32, 1 - 1 / 64, 1 - 1 / 128, 1 - 1 / 256], dtype=torch.float64)
+    torch.testing.assert_close(block.decay(), expected, rtol=0, atol=0)
     assert block.head_k == D // 4 and block.head_v == 2 * D // 4  # key dim d, value dim 2d
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from arch.ops.gla import gated_linear_attention, gated_linear_attention_naive
+from arch.ops import gated_linear_attention, gated_linear_attention_naive, gla_step
 
 B, H, DK, DV = 2, 2, 8, 6
 DECAYS = ["none", "scalar", "vector"]
@@ -146,3 +146,17 @@ def test_cpu_segments_match_the_recurrence_with_gradients(monkeypatch, decay):
     torch.testing.assert_close(state, state_ref, rtol=1e-10, atol=1e-10)
     for grad, grad_ref in zip(grads, grads_ref, strict=True):
         torch.testing.assert_close(grad, grad_ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("decay", ["none", "scalar", "vector"])
+def test_gla_step_continues_the_chunked_op(decay):
+    torch.manual_seed(0)
+    B, T, H, K, V = 2, 9, 3, 5, 4
+    q, k = torch.randn(B, T, H, K, dtype=torch.float64), torch.randn(B, T, H, K, dtype=torch.float64)
+    v = torch.randn(B, T, H, V, dtype=torch.float64)
+    g = {"none": None, "scalar": -torch.rand(B, T, H, dtype=torch.float64), "vector": -torch.rand(B, T, H, K, dtype=torch.float64)}[decay]
+    o, final = gated_linear_attention(q, k, v, g, scale=0.7)
+    o_prefix, state = gated_linear_attention(q[:, :-1], k[:, :-1], v[:, :-1], None if g is None else g[:, :-1], scale=0.7)
+    o_last, state = gla_step(q[:, -1:], k[:, -1:], v[:, -1:], None if g is None else g[:, -1:], state, 0.7)
+    torch.testing.assert_close(o_last, o[:, -1:])
+    torch.testing.assert_close(state, final)

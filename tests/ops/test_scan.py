@@ -1,4 +1,5 @@
-"""Specifications of arch.ops.scan: every fast path agrees with its token-by-token oracle."""
+"""Specifications of the diagonal scans (arch.ops.scan) and RWKV-7 (arch.ops.rwkv7): every fast path
+agrees with its token-by-token oracle."""
 
 import math
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from arch.ops.scan import (
+from arch.ops import (
     diagonal_recurrence,
     diagonal_recurrence_naive,
     rwkv7,
