@@ -22,7 +22,7 @@ from collections.abc import Callable
 from torch import nn
 
 from arch.blocks.attention import Attention
-from arch.blocks.conv import BaseConv
+from arch.blocks.base_conv import BaseConv
 from arch.blocks.gla import GLA
 from arch.blocks.griffin import RGLRUBlock
 from arch.blocks.h3 import H3
@@ -30,7 +30,7 @@ from arch.blocks.hgrn2 import HGRN2
 from arch.blocks.linear_attention import LinearAttention
 from arch.blocks.mamba import Mamba
 from arch.blocks.mamba2 import Mamba2
-from arch.blocks.retnet import MultiScaleRetention
+from arch.blocks.retnet import RetNet
 from arch.blocks.rwkv6 import RWKV6ChannelMix, RWKV6TimeMix
 from arch.blocks.rwkv7 import RWKV7TimeMix
 from arch.ops import rwkv6, rwkv7
@@ -177,7 +177,7 @@ def _gla(block: GLA, seq_len: int) -> tuple[float, float]:
     return scan, scan_elementwise + 2 * block.key_dim + 3 * block.value_dim
 
 
-def _retnet(block: MultiScaleRetention, seq_len: int) -> tuple[float, float]:
+def _retnet(block: RetNet, seq_len: int) -> tuple[float, float]:
     scan, scan_elementwise = _chunked_scan(block.n_heads, block.head_k, block.head_v, seq_len, block.chunk_size, "scalar")
     # elementwise: rotary on q and k 3 per element each; silu output gate and product 3 value_dim
     return scan, scan_elementwise + 6 * block.key_dim + 3 * block.value_dim
@@ -209,7 +209,7 @@ _SPLIT_FLOPS: dict[type, Callable[[nn.Module, int], tuple[float, float]]] = {
     LinearAttention: _linear_attention,
     BaseConv: _base_conv,
     GLA: _gla,
-    MultiScaleRetention: _retnet,
+    RetNet: _retnet,
     HGRN2: _hgrn2,
     Mamba2: _mamba2,
 }

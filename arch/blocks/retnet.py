@@ -24,8 +24,8 @@ from arch.ops import gated_linear_attention, gla_step, rotary_embedding
 from arch.ops.backend import accumulation_dtype
 
 
-class MultiScaleRetention(nn.Module):
-    """RetNet's retention layer (module docstring)."""
+class RetNet(nn.Module):
+    """RetNet's multi-scale retention layer (module docstring)."""
 
     def __init__(
         self,

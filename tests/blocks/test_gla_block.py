@@ -47,7 +47,7 @@ def test_gla_forward_equals_hand_written_composition_of_the_naive_op():
     torch.testing.assert_close(block(x), block.out_proj(o * F.silu(block.g_proj(x))), rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("preset", ["linear_attention", "based", "gla", "retnet", "hgrn2", "mamba2", "baseconv"])
+@pytest.mark.parametrize("preset", ["linear_attention", "based", "gla", "retnet", "hgrn2", "mamba2", "base_conv"])
 def test_each_preset_mixes_with_attention_through_the_layer_pattern(preset):
     # the recipe documented in conf/model/gla.yaml
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
