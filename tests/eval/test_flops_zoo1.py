@@ -1,4 +1,4 @@
-"""eval.flops for the gated-linear-attention zoo (linear attention, BaseConv, GLA, RetNet, HGRN2,
+"""arch.flops (the FLOP counter) for the gated-linear-attention zoo (linear attention, BaseConv, GLA, RetNet, HGRN2,
 Mamba-2): the matmul-like part of each block's count is what FlopCounterMode sees on the pure-PyTorch
 forward (within 10%); the elementwise part, invisible to the counter, is `ELEMENTWISE_FLOPS`."""
 
@@ -10,7 +10,7 @@ from arch.blocks.hgrn2 import HGRN2
 from arch.blocks.linear_attention import LinearAttention
 from arch.blocks.mamba2 import Mamba2
 from arch.blocks.retnet import RetNet
-from eval.flops import _chunked_scan
+from arch.flops import _chunked_scan
 from tests.eval.test_flops_zoo2 import assert_block_flops_visible, assert_model_flops_visible
 
 D = 64
