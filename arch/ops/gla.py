@@ -118,9 +118,10 @@ def chunked_gated_scan(
     20 times the size of k in elementwise temporaries. (3) What is left is t = s:
     q_t . k_t (GLA) or q_t . (bonus * k_t) (RWKV-6). Without a decay (plain linear attention) there is
     nothing to rescale: (2) and (3) are one causal-masked q k^T per chunk, with no exponentials (Based's
-    Taylor features make q and k 273 wide, where the nested levels cost ~3x). Masked exponents are set to -inf before exp, so
-    neither forward nor backward sees inf * 0. On CPU, long inputs run segment by segment through the
-    state hand-over, so no temporary outgrows `CPU_SEGMENT_ELEMENTS`.
+    Taylor features make q and k 273 wide, where the nested levels' rescaled copies of q and k would
+    dominate). Masked exponents are set to -inf before exp, so neither forward nor backward sees inf * 0.
+    On CPU, long inputs run segment by segment through the state hand-over, so no temporary outgrows
+    `CPU_SEGMENT_ELEMENTS`.
 
     The default chunk is 16 tokens: the nested levels above 16 waste 5/8 of their matmul on masked
     pairs, while chunk states are exact and cheap. Without a decay there are no nested levels to save

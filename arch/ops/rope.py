@@ -1,4 +1,8 @@
-"""Rotary position embedding (RoFormer, Su et al. 2021)."""
+"""Rotary position embedding (RoFormer, Su et al. 2021). Channel pairs (i, i + D/2) of a head at
+position n are rotated by the angle n theta_i, theta_i = base^(-2i/D):
+
+    (x_i, x_{i+D/2}) -> (x_i cos(n theta_i) - x_{i+D/2} sin(n theta_i), x_i sin(n theta_i) + x_{i+D/2} cos(n theta_i))
+"""
 
 from __future__ import annotations
 
