@@ -116,7 +116,8 @@ class LanguageModel(nn.Module):
             mlp = None
             if config.mlp is not None:
                 if config.mlp not in config.blocks:
-                    raise ConfigError(f"model.mlp is '{config.mlp}', which is not in model.blocks (defined: {', '.join(sorted(config.blocks))}).")
+                    defined = ", ".join(sorted(config.blocks))
+                    raise ConfigError(f"model.mlp is '{config.mlp}', which is not in model.blocks (defined: {defined}).")
                 mlp = instantiate(config.blocks[config.mlp], f"model.blocks.{config.mlp}", offered=depth, d_model=d, layer_idx=idx)
             layers.append(Layer(mixer, mlp, d, config.norm, config.norm_eps, config.parallel))
         self.embedding = nn.Embedding(config.vocab_size, d)
@@ -161,7 +162,9 @@ class LanguageModel(nn.Module):
         if self.pos_embedding is not None:
             t = input_ids.shape[1]
             if start + t > self.config.max_seq_len:
-                raise ValueError(f"sequence of {start + t} tokens exceeds model.max_seq_len={self.config.max_seq_len} of the learned positions")
+                raise ValueError(
+                    f"sequence of {start + t} tokens exceeds model.max_seq_len={self.config.max_seq_len} of the learned positions"
+                )
             x = x + self.pos_embedding(torch.arange(start, start + t, device=input_ids.device))
         return x
 
@@ -214,7 +217,12 @@ class LanguageModel(nn.Module):
 
     @torch.no_grad()
     def generate(
-        self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None, generator: torch.Generator | None = None
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Continue prompts [B, T0] by ``max_new_tokens`` tokens, decoding with per-layer state
         (the prompt is consumed token by token through ``step``). temperature 0 is greedy."""

@@ -10,4 +10,29 @@
 Channel mixers (MLPs, MoE) map [B, T, d_model] to the same shape and are position-wise. Each
 block's output projection back into the residual stream is named ``out_proj``: the language
 model scales its initialisation by 1/sqrt(2 n_layers).
+
+A block has one name: its file ``arch/blocks/<name>.py``, its block config ``conf/block/<name>.yaml``,
+its model preset ``conf/model/<name>.yaml`` (where one exists) and its class, the same name in
+CamelCase. Files that hold a family, and the presets named after a model rather than a block:
+
+    conf/block/<name>.yaml   file                  class              model presets using it
+    attention                attention.py          Attention          transformer, based (swa), griffin, samba, h3, jamba
+    base_conv                base_conv.py          BaseConv           base_conv, based
+    gla                      gla.py                GLA                gla
+    h3                       h3.py                 H3                 h3
+    hgrn2                    hgrn2.py              HGRN2              hgrn2
+    linear_attention         linear_attention.py   LinearAttention    linear_attention, based
+    mamba                    mamba.py              Mamba              mamba, jamba, samba
+    mamba2                   mamba2.py             Mamba2             mamba2
+    retnet                   retnet.py             RetNet             retnet
+    rglru                    griffin.py            RGLRUBlock         griffin, hawk
+    rwkv6                    rwkv6.py              RWKV6TimeMix       rwkv6
+    rwkv6_channel            rwkv6.py              RWKV6ChannelMix    rwkv6
+    rwkv7                    rwkv7.py              RWKV7TimeMix       rwkv7
+    rwkv7_channel            rwkv6.py              RWKV6ChannelMix    rwkv7 (receptance=False, expansion 4)
+    swiglu                   mlp.py                SwiGLU             (channel mixer)
+    gelu_mlp                 mlp.py                GeluMLP            (channel mixer)
+    identity                 mlp.py                Identity           (channel mixer)
+
+Shared initialisation helpers live in `arch.blocks.init`; the ops the blocks run on in `arch.ops`.
 """

@@ -8,8 +8,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from arch.ops.attention import causal_attention
-from arch.ops.rope import rotary_embedding
+from arch.ops import causal_attention, rotary_embedding
 
 
 class Attention(nn.Module):

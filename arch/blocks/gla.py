@@ -1,5 +1,5 @@
 """Gated Linear Attention (Yang et al. 2024, "Gated Linear Attention Transformers with
-Hardware-Efficient Training"), and the one-token recurrence shared by the GLA family's `step`.
+Hardware-Efficient Training").
 
 Per head, with q, k in R^{Dk} and v in R^{Dv} (key dim = expand_k * d_model, value dim =
 expand_v * d_model, split over heads):
@@ -11,7 +11,7 @@ expand_v * d_model, split over heads):
     out     = out_proj(GroupNorm_per_head(o) * silu(W_r x))     (swish output gate)
 
 The paper's defaults: expand_k 0.5, expand_v 1, 4 heads, low-rank 16. The parallel form is the
-chunked `arch.ops.gla.gated_linear_attention`; `step` is the recurrence itself (`recurrent_step`).
+chunked `arch.ops.gla.gated_linear_attention`; `step` is the recurrence itself (`arch.ops.gla.gla_step`).
 Decode state: S [B, H, Dk, Dv].
 """
 
@@ -21,32 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arch.ops.gla import gated_linear_attention
-
-
-def recurrent_step(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    log_decay: torch.Tensor | None,
-    state: torch.Tensor,
-    scale: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One token of S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t, o_t = scale * q_t S_t.
-
-    q, k [B, 1, H, Dk]; v [B, 1, H, Dv]; log_decay None, [B, 1, H] or [B, 1, H, Dk]; state
-    [B, H, Dk, Dv]. Returns o [B, 1, H, Dv] in q's dtype and the new state in float32 (float64 for
-    float64 inputs), the dtypes `gated_linear_attention` uses, so forward and step states interchange.
-    """
-    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-    q_t, k_t, v_t = (t[:, 0].to(acc) for t in (q, k, v))
-    S = state.to(acc)
-    if log_decay is not None:
-        g = log_decay[:, 0].to(acc)
-        S = S * (g.exp()[..., None, None] if g.dim() == 2 else g.exp()[..., None])
-    S = S + k_t[..., :, None] * v_t[..., None, :]
-    o = scale * (q_t[..., None, :] @ S).squeeze(-2)
-    return o.unsqueeze(1).to(q.dtype), S
+from arch.ops import gated_linear_attention, gla_step
 
 
 class GLA(nn.Module):
@@ -102,7 +77,7 @@ class GLA(nn.Module):
                 q, k, v, g, scale=scale, initial_state=state, chunk_size=self.chunk_size, backend=self.backend
             )
         else:
-            o, state = recurrent_step(q, k, v, g, state, scale)
+            o, state = gla_step(q, k, v, g, state, scale)
         o = self.group_norm(o.reshape(batch * length, self.value_dim)).view(batch, length, self.value_dim)
         return self.out_proj(o * F.silu(self.g_proj(x))), state
 

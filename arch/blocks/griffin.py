@@ -16,14 +16,12 @@ diverges as a_t -> 1). Decode state: the conv's last k-1 inputs [B, d_rnn, k-1] 
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arch.ops.scan import diagonal_recurrence
-from arch.ops.short_conv import causal_conv1d
+from arch.blocks.init import init_depthwise_conv_, inverse_softplus
+from arch.ops import causal_conv1d, diagonal_recurrence
 
 
 class _SqrtBoundedDerivative(torch.autograd.Function):
@@ -82,14 +80,13 @@ class RGLRUBlock(nn.Module):
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        bound = 1 / math.sqrt(self.d_conv)
-        nn.init.uniform_(self.conv_weight, -bound, bound)
+        init_depthwise_conv_(self.conv_weight)
         nn.init.zeros_(self.conv_bias)
         nn.init.normal_(self.gate_weight, std=self.head_dim**-0.5)
         nn.init.zeros_(self.gate_bias)
         a_squared = torch.empty(self.d_rnn).uniform_(self.min_rad**2, self.max_rad**2)
         neg_log_a = -0.5 * torch.log(a_squared)  # softplus(Lambda) = -log a
-        self.Lambda.copy_(neg_log_a + torch.log(-torch.expm1(-neg_log_a)))  # softplus^-1
+        self.Lambda.copy_(inverse_softplus(neg_log_a))
 
     def base_decay(self) -> torch.Tensor:
         """a = exp(-softplus(Lambda)) [d_rnn]: the decay at recurrence gate r_t = 1/c."""
@@ -97,7 +94,8 @@ class RGLRUBlock(nn.Module):
 
     def _rg_lru(self, x: torch.Tensor, h0: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         xh = x.unflatten(-1, (self.n_heads, self.head_dim))
-        gate_x, gate_a = torch.sigmoid(torch.einsum("bthi,ghij->gbthj", xh, self.gate_weight) + self.gate_bias[:, None, None]).flatten(-2).unbind(0)
+        gate_logits = torch.einsum("bthi,ghij->gbthj", xh, self.gate_weight) + self.gate_bias[:, None, None]
+        gate_x, gate_a = torch.sigmoid(gate_logits).flatten(-2).unbind(0)
         log_a = -self.c * gate_a * F.softplus(self.Lambda)
         multiplier = sqrt_bounded_derivative(-torch.expm1(2 * log_a), self.max_sqrt_grad)  # sqrt(1 - a^2)
         return diagonal_recurrence(log_a, multiplier * gate_x * x, initial_state=h0)

@@ -20,8 +20,8 @@ import math
 import torch
 from torch import nn
 
-from arch.ops.scan import diagonal_recurrence
-from arch.ops.short_conv import causal_conv1d
+from arch.blocks.init import s4d_real_log_A
+from arch.ops import causal_conv1d, diagonal_recurrence
 
 
 class H3(nn.Module):
@@ -57,7 +57,7 @@ class H3(nn.Module):
     def init_weights(self) -> None:
         nn.init.normal_(self.shift_weight, std=self.shift_len**-0.5)
         self.log_dt.uniform_(math.log(self.dt_min), math.log(self.dt_max))
-        self.A_log.copy_(torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32)).expand(self.channels, -1))
+        self.A_log.copy_(s4d_real_log_A(self.channels, self.d_state))
         nn.init.normal_(self.C, std=self.d_state**-0.5)
         nn.init.ones_(self.D)
 

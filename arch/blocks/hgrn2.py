@@ -21,8 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arch.blocks.gla import recurrent_step
-from arch.ops.gla import gated_linear_attention
+from arch.ops import gated_linear_attention, gla_step
 
 
 class HGRN2(nn.Module):
@@ -77,7 +76,7 @@ class HGRN2(nn.Module):
                 q, k, v, log_f, scale=scale, initial_state=state, chunk_size=self.chunk_size, backend=self.backend
             )
         else:
-            o, state = recurrent_step(q, k, v, log_f, state, scale)
+            o, state = gla_step(q, k, v, log_f, state, scale)
         o = self.norm(o.reshape(batch, length, self.value_dim))
         if self.g_proj is not None:
             o = o * F.silu(self.g_proj(x))

@@ -27,8 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arch.blocks.gla import recurrent_step
-from arch.ops.linear_attention import linear_attention, taylor_feature_map
+from arch.ops import gla_step, linear_attention, taylor_feature_map
 
 FEATURE_MAPS = {
     "taylor": taylor_feature_map,
@@ -87,7 +86,7 @@ class LinearAttention(nn.Module):
                 chunk_size=self.chunk_size, backend=self.backend,
             )
         else:  # the same packed (S, z) recurrence, one token
-            out, state = recurrent_step(q, k, torch.cat([v, v.new_ones(*v.shape[:-1], 1)], -1), None, state, 1.0)
+            out, state = gla_step(q, k, torch.cat([v, v.new_ones(*v.shape[:-1], 1)], -1), None, state, 1.0)
             o = out[..., :-1] / (out[..., -1:] + self.eps) if self.normalize else out[..., :-1]
         return self.out_proj(o.flatten(2)), state
 

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arch.ops.scan import selective_scan
-from arch.ops.short_conv import causal_conv1d
+from arch.blocks.init import dt_bias, init_depthwise_conv_, s4d_real_log_A
+from arch.ops import causal_conv1d, selective_scan
 
 
 class Mamba(nn.Module):
@@ -65,16 +65,11 @@ class Mamba(nn.Module):
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        bound = 1 / math.sqrt(self.d_conv)
-        nn.init.uniform_(self.conv_weight, -bound, bound)
-        if self.conv_bias is not None:
-            nn.init.uniform_(self.conv_bias, -bound, bound)
-        self.A_log.copy_(torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32)).expand(self.d_inner, -1))
+        init_depthwise_conv_(self.conv_weight, self.conv_bias)
+        self.A_log.copy_(s4d_real_log_A(self.d_inner, self.d_state))
         self.D.fill_(1.0)
         nn.init.uniform_(self.dt_proj.weight, -self.dt_rank**-0.5, self.dt_rank**-0.5)
-        log_dt = torch.rand(self.d_inner) * (math.log(self.dt_max) - math.log(self.dt_min)) + math.log(self.dt_min)
-        dt = log_dt.exp().clamp(min=1e-4)
-        self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
+        self.dt_proj.bias.copy_(dt_bias(self.d_inner, self.dt_min, self.dt_max))
 
     def _mix(self, h: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict]:
         x, z = self.in_proj(h).chunk(2, dim=-1)

@@ -16,15 +16,12 @@ SSM state [B, H, N, P].
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arch.blocks.gla import recurrent_step
-from arch.ops.gla import gated_linear_attention
-from arch.ops.short_conv import causal_conv1d
+from arch.blocks.init import dt_bias, init_depthwise_conv_
+from arch.ops import causal_conv1d, gated_linear_attention, gla_step
 
 
 class Mamba2(nn.Module):
@@ -71,15 +68,10 @@ class Mamba2(nn.Module):
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        bound = 1 / math.sqrt(self.d_conv)
-        nn.init.uniform_(self.conv_weight, -bound, bound)
-        if self.conv_bias is not None:
-            nn.init.uniform_(self.conv_bias, -bound, bound)
+        init_depthwise_conv_(self.conv_weight, self.conv_bias)
         self.A_log.copy_(torch.empty(self.n_heads).uniform_(*self.A_init_range).log())
         self.D.fill_(1.0)
-        log_dt = torch.rand(self.n_heads) * (math.log(self.dt_max) - math.log(self.dt_min)) + math.log(self.dt_min)
-        dt = log_dt.exp().clamp(min=1e-4)
-        self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
+        self.dt_bias.copy_(dt_bias(self.n_heads, self.dt_min, self.dt_max))
 
     def _mix(self, h: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict]:
         batch, length, _ = h.shape
@@ -101,7 +93,7 @@ class Mamba2(nn.Module):
                 chunk_size=self.chunk_size, backend=self.backend,
             )
         else:
-            y, ssm_state = recurrent_step(q, k, v, log_decay, state["ssm"], 1.0)
+            y, ssm_state = gla_step(q, k, v, log_decay, state["ssm"], 1.0)
         y = (y + self.D.unsqueeze(-1) * x).flatten(2)
         return self.out_proj(self.norm(y * F.silu(z))), {"conv": conv_state, "ssm": ssm_state}
 

@@ -20,13 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arch.blocks.gla import recurrent_step
-from arch.ops.gla import gated_linear_attention
-from arch.ops.rope import rotary_embedding
+from arch.ops import gated_linear_attention, gla_step, rotary_embedding
+from arch.ops.backend import accumulation_dtype
 
 
-class MultiScaleRetention(nn.Module):
-    """RetNet's retention layer (module docstring)."""
+class RetNet(nn.Module):
+    """RetNet's multi-scale retention layer (module docstring)."""
 
     def __init__(
         self,
@@ -66,7 +65,7 @@ class MultiScaleRetention(nn.Module):
         q = rotary_embedding(self.q_proj(x).unflatten(-1, (self.n_heads, self.head_k)), positions, self.rope_base)
         k = rotary_embedding(self.k_proj(x).unflatten(-1, (self.n_heads, self.head_k)), positions, self.rope_base)
         v = self.v_proj(x).unflatten(-1, (self.n_heads, self.head_v))
-        work = torch.float64 if x.dtype == torch.float64 else torch.float32
+        work = accumulation_dtype(x)
         log_decay = torch.log(self.decay(work, x.device)).expand(batch, length, self.n_heads).contiguous()
         scale = self.head_k**-0.5
         if state is None or length > 1:
@@ -75,7 +74,7 @@ class MultiScaleRetention(nn.Module):
                 q, k, v, log_decay, scale=scale, initial_state=S0, chunk_size=self.chunk_size, backend=self.backend
             )
         else:
-            o, S = recurrent_step(q, k, v, log_decay, state["S"], scale)
+            o, S = gla_step(q, k, v, log_decay, state["S"], scale)
         o = self.group_norm(o.reshape(batch * length, self.value_dim)).view(batch, length, self.value_dim)
         return self.out_proj(o * F.silu(self.g_proj(x))), {"S": S, "pos": start + length}
 

@@ -21,7 +21,7 @@ are blocks and a preset alternates them: ``layers: [rwkv6, rwkv6_channel]``, ``m
 ``n_layers`` = 2 x the RWKV depth. The language model needs nothing new.
 
 Initialisation follows the official recipe, which interpolates by depth: ratio_0_to_1 =
-layer_idx / (n_layers - 1) and ratio_1_to_almost0 = 1 - layer_idx / n_layers (`depth_ratios`). The
+layer_idx / (n_layers - 1) and ratio_1_to_almost0 = 1 - layer_idx / n_layers (`arch.blocks.init.depth_ratios`). The
 language model passes ``n_layers`` to every block that takes it; a block built on its own uses 1/2
 for both. With time and channel mixes as alternate layers, layer_idx / n_layers is the RWKV block's
 own depth fraction.
@@ -33,26 +33,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arch.ops.rwkv6 import rwkv6
+from arch.blocks.init import channel_ramp, depth_ratios
+from arch.ops import rwkv6
 
 
 def token_shift(x: torch.Tensor, last: torch.Tensor | None) -> torch.Tensor:
     """x_{t-1} for every t of x [B, T, D]; ``last`` [B, D] is the token before x (zeros when None)."""
     previous = x.new_zeros(x.shape[0], 1, x.shape[-1]) if last is None else last.unsqueeze(1).to(x.dtype)
     return torch.cat([previous, x[:, :-1]], dim=1)
-
-
-def channel_ramp(d: int) -> torch.Tensor:
-    """n / d for n = 0..d-1: RWKV's per-channel interpolation ramp used by its initialisation."""
-    return torch.arange(d, dtype=torch.float32) / d
-
-
-def depth_ratios(layer_idx: int, n_layers: int | None) -> tuple[float, float]:
-    """(ratio_0_to_1, ratio_1_to_almost0) = (layer_idx / (n_layers - 1), 1 - layer_idx / n_layers) of
-    the official RWKV initialisation; (1/2, 1/2) when the depth is unknown (a block on its own)."""
-    if n_layers is None:
-        return 0.5, 0.5
-    return layer_idx / max(n_layers - 1, 1), 1 - layer_idx / n_layers
 
 
 class RWKV6TimeMix(nn.Module):

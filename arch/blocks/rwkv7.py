@@ -18,7 +18,7 @@ of a hybrid, the formula runs with v_first = v (an identity whose parameters get
 The channel mix is RWKV-6's
 without the receptance gate (`RWKV6ChannelMix(receptance=False)`, expansion 4); presets alternate
 ``[rwkv7, rwkv7_channel]`` as for RWKV-6. Initialisation follows the official recipe, interpolated
-by depth as in `arch.blocks.rwkv6` (`depth_ratios`).
+by depth as in `arch.blocks.rwkv6` (`arch.blocks.init.depth_ratios`).
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arch.blocks.rwkv6 import channel_ramp, depth_ratios, token_shift
-from arch.ops.scan import rwkv7
+from arch.blocks.init import channel_ramp, depth_ratios
+from arch.blocks.rwkv6 import token_shift
+from arch.ops import rwkv7
 
 
 class RWKV7TimeMix(nn.Module):

@@ -1,4 +1,7 @@
-"""Causal softmax attention with optional sliding window and grouped K/V heads."""
+"""Causal softmax attention with optional sliding window and grouped K/V heads:
+
+    o_t = sum_{s in W(t)} softmax_s(scale * q_t . k_s) v_s,   W(t) = {s <= t, t - s < window}
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Per-call choice between a fused CUDA kernel and the pure-PyTorch path, and the one process
-setting the pure-PyTorch path wants on CPU.
+"""Per-call choice between a fused CUDA kernel and the pure-PyTorch path, the dtype every op
+accumulates in, and the one process setting the pure-PyTorch path wants on CPU.
 
 Every op takes ``backend="auto" | "torch" | <kernel name>``. ``"auto"`` uses the fused kernel only
 when its package imports *and* the inputs live on CUDA; the decision is made from the tensors of
@@ -33,10 +33,11 @@ def keep_freed_memory() -> bool:
     threshold: a scan that makes and frees tens of MiB of temporaries per call then pays a page fault
     for every 4 KiB it touches, every call. Raising both thresholds (mallopt M_MMAP_THRESHOLD to its
     32 MiB maximum, M_TRIM_THRESHOLD to 1 GiB) is the glibc form of what PyTorch's CPU performance
-    guide gets from preloading jemalloc or tcmalloc. Measured: Mamba's selective scan fwd+bwd at
-    T=4096 on 2 cores, 117 -> 96-102 ms. The cost is that up to 1 GiB of freed memory stays mapped in
-    the process. Skipped (False) off Linux, when MIXERLAB_MALLOC_TUNING=0, when the user set glibc's
-    own MALLOC_*_ variables, or when another allocator is preloaded.
+    guide gets from preloading jemalloc or tcmalloc; compare ``python -m eval.bench`` with and without
+    MIXERLAB_MALLOC_TUNING=0 to see its effect on a machine (docs/performance.md). The cost is that up
+    to 1 GiB of freed memory stays mapped in the process. Skipped (False) off Linux, when
+    MIXERLAB_MALLOC_TUNING=0, when the user set glibc's own MALLOC_*_ variables, or when another
+    allocator is preloaded.
     """
     if not sys.platform.startswith("linux") or os.environ.get(MALLOC_TUNING_ENV, "1") == "0":
         return False
@@ -60,6 +61,13 @@ def is_importable(module: str) -> bool:
     except Exception:  # CUDA-only packages raise ImportError, OSError or RuntimeError without a GPU
         return False
     return True
+
+
+def accumulation_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
+    """The dtype recurrences and scans accumulate in: float64 when an input is float64, else float32
+    (bfloat16 and float16 inputs included). States come back in it, so a forward and a decode step,
+    or two halves of a sequence, hand states over without a cast. ``None`` entries are ignored."""
+    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
 def use_kernel(backend: str, kernel: str, module: str, *tensors: torch.Tensor) -> bool:

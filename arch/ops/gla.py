@@ -8,7 +8,9 @@ Papers: Yang et al. 2024, "Gated Linear Attention Transformers with Hardware-Eff
 (GLA, chunkwise form); Sun et al. 2023 (RetNet); Qin et al. 2024 (HGRN2); Dao & Gu 2024 (Mamba-2/SSD).
 
 The chunked form (`chunked_gated_scan`) is also the core of RWKV-6 (`arch.ops.rwkv6`), which reads the
-state *before* the current token plus a diagonal bonus.
+state *before* the current token plus a diagonal bonus. `gla_step` is the recurrence for one token: the
+decode step of every block on this op (GLA, HGRN2, RetNet, Mamba-2, linear attention) and, token after
+token, the reference `gated_linear_attention_naive`, so the oracle and decoding share one equation.
 """
 
 from __future__ import annotations
@@ -18,17 +20,13 @@ import math
 import torch
 import torch.nn.functional as F
 
-from arch.ops.backend import use_kernel
-
-
-def _accumulation_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+from arch.ops.backend import accumulation_dtype, use_kernel
 
 
 def _decay_last_dim(log_decay: torch.Tensor | None, q: torch.Tensor) -> torch.Tensor:
     """[B, T, H, Dk] or [B, T, H, 1] log-decay (a scalar decay broadcasts over Dk)."""
     if log_decay is None:
-        return q.new_zeros(*q.shape[:3], 1, dtype=_accumulation_dtype(q))
+        return q.new_zeros(*q.shape[:3], 1, dtype=accumulation_dtype(q))
     return log_decay if log_decay.dim() == 4 else log_decay.unsqueeze(-1)
 
 
@@ -70,8 +68,8 @@ def _from_earlier_sub_blocks(
 
 # On CPU the scan runs over segments of the sequence whose largest temporary holds at most this many
 # elements (8 MiB in float32). Larger temporaries are mapped fresh from the OS on every call by the C
-# allocator, and their page faults cost more than the arithmetic: on 2 cores, fp32, B=2, H=4, D=64,
-# fwd+bwd at T=4096 drops from about 640 ms to about 300 ms, and the time grows linearly in T.
+# allocator, and their page faults can cost more than the arithmetic; with segments the time grows
+# linearly in T (python -m eval.bench --ops gla shows it on a given machine).
 CPU_SEGMENT_ELEMENTS = 2**21
 
 
@@ -116,18 +114,18 @@ def chunked_gated_scan(
     a loop over chunks only. (2) Inside a chunk, pairs of sub-blocks below the diagonal are matmuls of
     q and k rescaled relative to a reference row, so every exponent is <= 0. This is applied at nested
     block sizes C -> C/4 -> ... -> 1 (64 -> 16 -> 4 -> 1) instead of stopping at an explicit
-    [16, 16, Dk] decay tensor for the diagonal sub-blocks: the same exact result with 12x instead of
-    20x the size of k in elementwise temporaries, about half the CPU time. (3) What is left is t = s:
+    [16, 16, Dk] decay tensor for the diagonal sub-blocks: the same exact result with 12 instead of
+    20 times the size of k in elementwise temporaries. (3) What is left is t = s:
     q_t . k_t (GLA) or q_t . (bonus * k_t) (RWKV-6). Without a decay (plain linear attention) there is
     nothing to rescale: (2) and (3) are one causal-masked q k^T per chunk, with no exponentials (Based's
-    Taylor features make q and k 273 wide, where the nested levels cost ~3x). Masked exponents are set to -inf before exp, so
-    neither forward nor backward sees inf * 0. On CPU, long inputs run segment by segment through the
-    state hand-over, so no temporary outgrows `CPU_SEGMENT_ELEMENTS`.
+    Taylor features make q and k 273 wide, where the nested levels' rescaled copies of q and k would
+    dominate). Masked exponents are set to -inf before exp, so neither forward nor backward sees inf * 0.
+    On CPU, long inputs run segment by segment through the state hand-over, so no temporary outgrows
+    `CPU_SEGMENT_ELEMENTS`.
 
-    The default chunk of 16 tokens is the fastest on CPU: the nested levels above 16 waste 5/8 of their
-    matmul on masked pairs, while chunk states are exact and cheap. fp32, 2 cores, B=2, H=4, D=64, fwd+bwd
-    at T=4096: 278 ms with chunks of 16, 285 with 32, 345 with 64. Without a decay there are no nested
-    levels to save and the chunk states dominate, so `linear_attention` (Based) keeps chunks of 64.
+    The default chunk is 16 tokens: the nested levels above 16 waste 5/8 of their matmul on masked
+    pairs, while chunk states are exact and cheap. Without a decay there are no nested levels to save
+    and the chunk states dominate, so `linear_attention` (Based) keeps chunks of 64.
     (flash-linear-attention picks its own chunking.)
     """
     if chunk_size <= 0:
@@ -160,7 +158,7 @@ def _scan_segment(
     """`chunked_gated_scan` on one segment."""
     B, T, H, Dk = q.shape
     Dv = v.shape[-1]
-    acc = _accumulation_dtype(q)
+    acc = accumulation_dtype(q)
     C = _chunk(chunk_size, T)
     N = math.ceil(T / C)
 
@@ -276,16 +274,38 @@ def gated_linear_attention_naive(
     for float64 inputs). The tests' oracle. Paper: Yang et al. 2024 (GLA), Eq. 1.
     """
     B, T, H, Dk = q.shape
-    acc = _accumulation_dtype(q)
+    acc = accumulation_dtype(q)
     scale = Dk**-0.5 if scale is None else scale
     S = q.new_zeros(B, H, Dk, v.shape[-1], dtype=acc) if initial_state is None else initial_state.to(acc)
     outputs = []
     for t in range(T):
-        q_t, k_t, v_t = q[:, t].to(acc), k[:, t].to(acc), v[:, t].to(acc)  # [B, H, D]
-        if log_decay is not None:
-            g_t = log_decay[:, t].to(acc)  # [B, H] or [B, H, Dk]
-            decay = g_t.exp()[..., None, None] if g_t.dim() == 2 else g_t.exp()[..., None]
-            S = decay * S
-        S = S + k_t[..., :, None] * v_t[..., None, :]
-        outputs.append(scale * (q_t[..., None, :] @ S).squeeze(-2))
-    return torch.stack(outputs, dim=1).to(q.dtype), S
+        g_t = None if log_decay is None else log_decay[:, t : t + 1]
+        o_t, S = gla_step(q[:, t : t + 1], k[:, t : t + 1], v[:, t : t + 1], g_t, S, scale)
+        outputs.append(o_t)
+    return torch.cat(outputs, dim=1), S
+
+
+def gla_step(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    log_decay: torch.Tensor | None,
+    state: torch.Tensor,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token of S_t = diag(exp(g_t)) S_{t-1} + k_t^T v_t, o_t = scale * q_t S_t.
+
+    q, k [B, 1, H, Dk]; v [B, 1, H, Dv]; log_decay None, [B, 1, H] or [B, 1, H, Dk]; state
+    [B, H, Dk, Dv]. Returns o [B, 1, H, Dv] in q's dtype and the new state in `accumulation_dtype`
+    (float32, float64 for float64 inputs), the dtypes `gated_linear_attention` uses, so forward and
+    step states interchange.
+    """
+    acc = accumulation_dtype(q)
+    q_t, k_t, v_t = (t[:, 0].to(acc) for t in (q, k, v))
+    S = state.to(acc)
+    if log_decay is not None:
+        g = log_decay[:, 0].to(acc)
+        S = S * (g.exp()[..., None, None] if g.dim() == 2 else g.exp()[..., None])
+    S = S + k_t[..., :, None] * v_t[..., None, :]
+    o = scale * (q_t[..., None, :] @ S).squeeze(-2)
+    return o.unsqueeze(1).to(q.dtype), S

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from arch.ops.backend import accumulation_dtype
 from arch.ops.gla import gated_linear_attention
 
 
@@ -83,7 +84,7 @@ def linear_attention_naive(
     """
     B, T, H, Dk = q.shape
     Dv = v.shape[-1]
-    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    acc = accumulation_dtype(q)
     if initial_state is None:
         S, z = q.new_zeros(B, H, Dk, Dv, dtype=acc), q.new_zeros(B, H, Dk, dtype=acc)
     else:

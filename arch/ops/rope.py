@@ -1,8 +1,14 @@
-"""Rotary position embedding (RoFormer, Su et al. 2021)."""
+"""Rotary position embedding (RoFormer, Su et al. 2021). Channel pairs (i, i + D/2) of a head at
+position n are rotated by the angle n theta_i, theta_i = base^(-2i/D):
+
+    (x_i, x_{i+D/2}) -> (x_i cos(n theta_i) - x_{i+D/2} sin(n theta_i), x_i sin(n theta_i) + x_{i+D/2} cos(n theta_i))
+"""
 
 from __future__ import annotations
 
 import torch
+
+from arch.ops.backend import accumulation_dtype
 
 
 def rotary_embedding(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
@@ -13,7 +19,7 @@ def rotary_embedding(x: torch.Tensor, positions: torch.Tensor, base: float = 100
     difference of their positions, which is what makes `step` decoding match `forward`.
     """
     d = x.shape[-1]
-    work = torch.float64 if x.dtype == torch.float64 else torch.float32
+    work = accumulation_dtype(x)
     inv_freq = base ** (-torch.arange(0, d, 2, device=x.device, dtype=work) / d)
     angles = positions.to(work)[:, None] * inv_freq[None, :]  # [T, D/2]
     cos, sin = angles.cos()[None, :, None, :], angles.sin()[None, :, None, :]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from arch.ops.backend import use_kernel
+from arch.ops.backend import accumulation_dtype, use_kernel
 from arch.ops.gla import chunked_gated_scan
 
 
@@ -93,7 +93,7 @@ def rwkv6_naive(
     accumulated in float32 (float64 for float64 inputs). The tests' oracle. Paper: Peng et al. 2024.
     """
     B, T, H, Dk = r.shape
-    acc = torch.float64 if r.dtype == torch.float64 else torch.float32
+    acc = accumulation_dtype(r)
     S = r.new_zeros(B, H, Dk, v.shape[-1], dtype=acc) if initial_state is None else initial_state.to(acc)
     u = bonus.to(acc)[..., None]  # [H, Dk, 1]
     outputs = []

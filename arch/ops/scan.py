@@ -1,16 +1,15 @@
-"""Linear recurrences with input-dependent transitions: diagonal scans (RG-LRU, H3, Mamba's S6) and RWKV-7.
+"""Diagonal linear recurrences with input-dependent transitions: RG-LRU, H3 and Mamba's S6.
 
-Three ops, each with a token-by-token `*_naive` oracle beside the fast pure-PyTorch form:
+Two ops, each with a token-by-token `*_naive` oracle beside the fast pure-PyTorch form:
 
 - `diagonal_recurrence`: h_t = exp(log_a_t) * h_{t-1} + b_t (elementwise), the one diagonal scan of
   the project (Griffin/Hawk RG-LRU, De et al. 2024; H3's diagonal SSM, Fu et al. 2023).
 - `selective_scan`: Mamba's S6 (Gu & Dao 2023), x_t = exp(delta_t A) x_{t-1} + delta_t B_t u_t,
   y_t = C_t x_t + D u_t, on the same chunked engine; fused `mamba_ssm` kernel on CUDA.
-- `rwkv7`: RWKV-7's diagonal-plus-low-rank state update (Peng et al. 2025, "RWKV-7 Goose"),
-  S_t = S_{t-1} (diag(w_t) + a_t b_t^T) + v_t k_t^T, in a chunked (WY-style) form.
 
-All accumulate in float32 (float64 for float64 inputs) and only ever exponentiate non-positive
-numbers (products of decays <= 1), so log-decays of -20 per step are as safe as -0.01.
+Both accumulate in `accumulation_dtype` (float32, float64 for float64 inputs) and only ever
+exponentiate non-positive numbers (products of decays <= 1), so log-decays of -20 per step are as
+safe as -0.01. RWKV-7's diagonal-plus-low-rank update lives in `arch.ops.rwkv7`.
 """
 
 from __future__ import annotations
@@ -21,20 +20,16 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from arch.ops.backend import use_kernel
+from arch.ops.backend import accumulation_dtype, use_kernel
 
-_LOG2E = math.log2(math.e)  # exp(x) = exp2(x * log2 e); exp2 is ~2.5x faster than exp on CPU
+_LOG2E = math.log2(math.e)  # exp(x) = exp2(x * log2 e): exp2 is the cheaper of the two on CPU
 _RECOMPUTE_EVERY = 4  # the scan keeps its state every 4 steps of a chunk; the backward recomputes between
-
-
-def _accumulation_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def _to_chunks(x: torch.Tensor, chunk_size: int) -> torch.Tensor:
     """[B, T, F] -> [C, B, n, F], position-major and contiguous, zero-padded to n*C tokens: the scans
-    loop over the C chunk positions, and a contiguous [B, n, F] slice per step multiplies ~1.5x faster
-    than a strided one."""
+    loop over the C chunk positions, and a contiguous [B, n, F] slice per step multiplies faster than
+    a strided one."""
     batch, length, features = x.shape
     n_chunks = -(-length // chunk_size)
     x = F.pad(x, (0, 0, 0, n_chunks * chunk_size - length)).view(batch, n_chunks, chunk_size, features)
@@ -72,9 +67,9 @@ class _StructuredDiagonalScan(torch.autograd.Function):
       2. across chunks: S_{j+1} = exp(A * sum_{t in j} delta_t) ⊙ S_j + local_end_j;
       3. inside all chunks again, from S_j: every y_t, keeping h_t every _RECOMPUTE_EVERY positions.
     Backward: g_t = dL/dh_t = exp(delta_{t+1} A) ⊙ g_{t+1} + dy_t c_t^T by the same three steps in
-    reverse, recomputing h_t from the kept states 8 positions at a time; dL/d(delta_t A) =
-    g_t ⊙ exp(delta_t A) ⊙ h_{t-1}. (Saving all of h costs more in freshly mapped pages than the
-    recomputation: fwd+bwd of the S6 benchmark at T=4096 went from 163 to 123 ms on 2 cores.)
+    reverse, recomputing h_t from the kept states _RECOMPUTE_EVERY positions at a time; dL/d(delta_t A) =
+    g_t ⊙ exp(delta_t A) ⊙ h_{t-1}. (Saving all of h, a [B, T, D, N] tensor, would cost more in
+    freshly mapped pages than the recomputation of one multiply-add per state and step.)
     Internally states are laid out [N, D] so that every contraction is a row vector times a matrix,
     the fast batched-matmul case on CPU.
     """
@@ -88,7 +83,7 @@ class _StructuredDiagonalScan(torch.autograd.Function):
         n_chunks = deltas.shape[2]
         delta_rows, x_rows = deltas.unsqueeze(-2), xs.unsqueeze(-2)  # per-step views, made once
         k_columns, c_rows = (None if t is None else t.unsqueeze(dim) for t, dim in ((ks, -1), (cs, -2)))
-        # [N, D], contiguous: a broadcast multiply by A.t()'s transposed strides is ~7x slower on CPU
+        # [N, D], contiguous: a broadcast multiply by A.t()'s transposed strides is much slower on CPU
         A2 = _LOG2E if A is None else (A.t() * _LOG2E).contiguous()
         decay = delta.new_empty(batch, n_chunks, 1 if A is None else A.shape[1], dim)
 
@@ -225,7 +220,7 @@ def diagonal_recurrence(
     Pure PyTorch, two-level chunked scan with a reverse-scan backward (see `_StructuredDiagonalScan`):
     Python loops of chunk_size + T/chunk_size steps, memory O(T) (h itself plus one state per chunk).
     """
-    acc = _accumulation_dtype(b)
+    acc = accumulation_dtype(b)
     batch, length, *features = b.shape
     h0 = b.new_zeros(batch, math.prod(features), dtype=acc) if initial_state is None else initial_state.to(acc)
     h, final = _StructuredDiagonalScan.apply(
@@ -241,7 +236,7 @@ def diagonal_recurrence_naive(
     initial_state: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Token-by-token oracle of `diagonal_recurrence` (same shapes and dtypes)."""
-    acc = _accumulation_dtype(b)
+    acc = accumulation_dtype(b)
     h = b.new_zeros(b.shape[:1] + b.shape[2:], dtype=acc) if initial_state is None else initial_state.to(acc)
     outputs = []
     for log_a_t, b_t in zip(log_a.to(acc).unbind(1), b.to(acc).unbind(1)):
@@ -298,7 +293,7 @@ def selective_scan(
             return _selective_scan_mamba_ssm(u, delta, A, B, C, D, z)
         if backend != "auto":
             raise ValueError("backend='mamba_ssm' takes neither initial_state nor float64; use backend='torch'")
-    acc = _accumulation_dtype(u)
+    acc = accumulation_dtype(u)
     u32, delta32 = u.to(acc), delta.to(acc)
     h0 = u32.new_zeros(u.shape[0], *A.shape) if initial_state is None else initial_state.to(acc)
     y, final = _StructuredDiagonalScan.apply(
@@ -327,7 +322,7 @@ def selective_scan_naive(
     initial_state: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Token-by-token oracle of `selective_scan` (same shapes and dtypes; PyTorch only)."""
-    acc = _accumulation_dtype(u)
+    acc = accumulation_dtype(u)
     u32, delta32, A32 = u.to(acc), delta.to(acc), A.to(acc)
     x = u32.new_zeros(u.shape[0], *A.shape) if initial_state is None else initial_state.to(acc)
     outputs = []
@@ -335,96 +330,3 @@ def selective_scan_naive(
         x = torch.exp(delta_t[:, :, None] * A32) * x + (delta_t * u_t)[:, :, None] * B_t[:, None, :]
         outputs.append((x @ C_t[:, :, None]).squeeze(-1))
     return _skip_and_gate(torch.stack(outputs, 1), u32, D, z).to(u.dtype), x
-
-
-def rwkv7(
-    r: torch.Tensor,
-    log_decay: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    a: torch.Tensor,
-    b: torch.Tensor,
-    *,
-    initial_state: torch.Tensor | None = None,
-    chunk_size: int = 16,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """RWKV-7's state update (Peng et al. 2025, "RWKV-7 'Goose' with Expressive Dynamic State
-    Evolution"), per head with state S in R^{Dv x Dk}:
-
-        S_t = S_{t-1} (diag(exp(log_decay_t)) + a_t b_t^T) + v_t k_t^T,        o_t = S_t r_t
-
-    Shapes: r, log_decay, k, a, b [B, T, H, Dk] (log_decay <= 0; the RWKV-7 layer uses
-    log_decay = -exp(w) and a = -kk, b = kk * sigmoid(.), kk the L2-normalised key); v [B, T, H, Dv];
-    initial_state [B, H, Dv, Dk] or None. Returns o [B, T, H, Dv] in v's dtype and the final state
-    [B, H, Dv, Dk] in float32 (float64 for float64 inputs).
-
-    Chunked form, pure PyTorch (no fused kernel is dispatched: fla's chunk_rwkv7 parametrises the
-    decay differently and is not verified here). Inside a chunk with entering state S_0 and inclusive
-    cumulative log-decay G_t, the low-rank term e_t = S_{t-1} a_t is the only unknown; it solves the
-    unit lower-triangular system
-        e_t = S_0 (exp(G_{t-1}) ⊙ a_t) + sum_{s<t} [e_s b_s^T + v_s k_s^T] (exp(G_{t-1} - G_s) ⊙ a_t),
-    after which o_t = S_0 (exp(G_t) ⊙ r_t) + sum_{s<=t} [e_s b_s^T + v_s k_s^T] (exp(G_t - G_s) ⊙ r_t)
-    and the chunk's last state follow by matmuls. Every exponent is a non-positive decay sum; the
-    Python loop runs over chunks only.
-    """
-    acc = _accumulation_dtype(v)
-    batch, length, heads, dk = k.shape
-    dv = v.shape[-1]
-    chunk_size = min(chunk_size, length)
-    n_chunks = -(-length // chunk_size)
-
-    def chunked(t: torch.Tensor) -> torch.Tensor:  # [B, T, H, F] -> [B, H, n, C, F]
-        t = F.pad(t.to(acc), (0, 0, 0, 0, 0, n_chunks * chunk_size - length))
-        return t.view(batch, n_chunks, chunk_size, heads, -1).permute(0, 3, 1, 2, 4)
-
-    r_, w_, k_, v_, a_, b_ = (chunked(t) for t in (r, log_decay, k, v, a, b))
-    G = w_.cumsum(-2)  # inclusive cumulative log-decay within each chunk, <= 0
-    G_excl = G - w_
-    causal = torch.ones(chunk_size, chunk_size, dtype=torch.bool, device=k.device).tril()
-    # upto[t, s] = exp(G_t - G_s) for s <= t; the strictly causal exp(G_{t-1} - G_s) is its shift by one row
-    upto = torch.exp(torch.where(causal[..., None], G.unsqueeze(-2) - G.unsqueeze(-3), float("-inf")))
-    before = F.pad(upto[..., :-1, :, :], (0, 0, 0, 0, 1, 0))
-    keys = torch.stack([b_, k_], -3)  # [B, H, n, 2, C, Dk]
-    a_b, a_k = torch.einsum("...ti,...tsi,...jsi->...jts", a_, before, keys).unbind(-3)
-    r_b, r_k = torch.einsum("...ti,...tsi,...jsi->...jts", r_, upto, keys).unbind(-3)
-    system = torch.eye(chunk_size, dtype=acc, device=k.device) - a_b
-    # e = W S_0^T + U, chunk by chunk once S_0 is known
-    W = torch.linalg.solve_triangular(system, a_ * torch.exp(G_excl), upper=False, unitriangular=True)
-    U = torch.linalg.solve_triangular(system, a_k @ v_, upper=False, unitriangular=True)
-    to_end = torch.exp(G[..., -1:, :] - G)  # [B, H, n, C, Dk]
-    b_end, chunk_decay = b_ * to_end, torch.exp(G[..., -1, :])
-    kv_end = v_.transpose(-1, -2) @ (k_ * to_end)  # [B, H, n, Dv, Dk]
-
-    state = r_.new_zeros(batch, heads, dv, dk) if initial_state is None else initial_state.to(acc)
-    starts, lowrank = [], []
-    for j in range(n_chunks):
-        starts.append(state)
-        e = torch.baddbmm(U[:, :, j].flatten(0, 1), W[:, :, j].flatten(0, 1), state.flatten(0, 1).transpose(-1, -2))
-        e = e.view(batch, heads, chunk_size, dv)
-        lowrank.append(e)
-        state = state * chunk_decay[:, :, j, None, :] + e.transpose(-1, -2) @ b_end[:, :, j] + kv_end[:, :, j]
-    S0, E = torch.stack(starts, 2), torch.stack(lowrank, 2)
-    o = (r_ * torch.exp(G)) @ S0.transpose(-1, -2) + r_b @ E + r_k @ v_
-    o = o.permute(0, 2, 3, 1, 4).reshape(batch, n_chunks * chunk_size, heads, dv)[:, :length]
-    return o.to(v.dtype), state
-
-
-def rwkv7_naive(
-    r: torch.Tensor,
-    log_decay: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    a: torch.Tensor,
-    b: torch.Tensor,
-    *,
-    initial_state: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token-by-token oracle of `rwkv7` (same shapes and dtypes)."""
-    acc = _accumulation_dtype(v)
-    batch, _, heads, dk = k.shape
-    S = v.new_zeros(batch, heads, v.shape[-1], dk, dtype=acc) if initial_state is None else initial_state.to(acc)
-    outputs = []
-    for r_t, w_t, k_t, v_t, a_t, b_t in zip(*(t.to(acc).unbind(1) for t in (r, log_decay, k, v, a, b))):
-        S = S * torch.exp(w_t)[..., None, :] + (S @ a_t[..., None]) * b_t[..., None, :] + v_t[..., None] * k_t[..., None, :]
-        outputs.append((S @ r_t[..., None]).squeeze(-1))
-    return torch.stack(outputs, 1).to(v.dtype), S

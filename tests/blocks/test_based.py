@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 import train  # noqa: F401  (registers the ${uid:} resolver used by run names)
 from arch.blocks.attention import Attention
-from arch.blocks.conv import BaseConv
+from arch.blocks.base_conv import BaseConv
 from arch.blocks.linear_attention import LinearAttention
 from arch.lm import LanguageModel
 from arch.ops.short_conv import causal_conv1d_naive

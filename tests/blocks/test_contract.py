@@ -50,3 +50,14 @@ def test_channel_mixer_is_position_wise(name):
     x = torch.randn(2, 9, D_MODEL, dtype=torch.float64)
     full = block(x)
     torch.testing.assert_close(torch.cat([block(x[:, t : t + 1]) for t in range(9)], 1), full)
+
+
+def test_the_name_table_in_arch_blocks_lists_every_block_config_with_its_file_and_class():
+    import arch.blocks
+
+    rows = {}
+    for line in arch.blocks.__doc__.splitlines():
+        cells = line.split()
+        if len(cells) >= 3 and cells[1].endswith(".py") and (CONF / f"{cells[0]}.yaml").exists():
+            rows[cells[0]] = f"arch.blocks.{cells[1][:-3]}.{cells[2]}"
+    assert rows == {p.stem: _spec(p.stem)["_target_"] for p in CONF.glob("*.yaml")}

@@ -45,7 +45,9 @@ def test_residual_output_projections_get_scaled_init():
     assert out_std == pytest.approx(0.02 / 4, rel=0.05)
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(mlp="identity"), dict(mlp=None), dict(parallel=True), dict(position="learned"), dict(norm="layernorm")])
+@pytest.mark.parametrize(
+    "kw", [dict(), dict(mlp="identity"), dict(mlp=None), dict(parallel=True), dict(position="learned"), dict(norm="layernorm")]
+)
 def test_lm_decode_matches_forward(kw):
     model = lm(layers=["attention", "swa"], **kw).double()
     ids = torch.randint(0, 50, (2, 10))

@@ -4,8 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from arch.blocks.mamba import Mamba
-from arch.ops.scan import selective_scan_naive
-from arch.ops.short_conv import causal_conv1d_naive
+from arch.ops import causal_conv1d_naive, selective_scan_naive
 from tests.helpers.properties import assert_decode_matches_forward
 
 D = 32

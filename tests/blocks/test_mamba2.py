@@ -42,7 +42,8 @@ def test_mamba2_ssd_is_the_scalar_decay_state_space_recurrence():
     for t in range(T):
         s = torch.exp(dt[t] * A) * s + Bm[t, :, None] * (dt[t] * x[t])[None, :]
         ys.append(Cm[t] @ s)
-    y, _ = gated_linear_attention_naive(Cm[None, :, None], Bm[None, :, None], (x * dt[:, None])[None, :, None], (dt * A)[None, :, None], scale=1.0)
+    q, k, v, log_decay = Cm[None, :, None], Bm[None, :, None], (x * dt[:, None])[None, :, None], (dt * A)[None, :, None]
+    y, _ = gated_linear_attention_naive(q, k, v, log_decay, scale=1.0)
     torch.testing.assert_close(y[0, :, 0], torch.stack(ys))
 
 

@@ -4,7 +4,7 @@
 import torch
 import torch.nn.functional as F
 
-from arch.blocks.retnet import MultiScaleRetention
+from arch.blocks.retnet import RetNet
 from arch.ops.rope import rotary_embedding
 from tests.helpers.properties import assert_decode_matches_forward
 
@@ -12,14 +12,15 @@ D = 32
 
 
 def test_retnet_decays_are_exactly_one_minus_two_to_minus_five_minus_h():
-    block = MultiScaleRetention(D, n_heads=4)
-    torch.testing.assert_close(block.decay(), torch.tensor([1 - 1 / 32, 1 - 1 / 64, 1 - 1 / 128, 1 - 1 / 256], dtype=torch.float64), rtol=0, atol=0)
+    block = RetNet(D, n_heads=4)
+    expected = torch.tensor([1 - 1 / 32, 1 - 1 / 64, 1 - 1 / 128, 1 - 1 / 256], dtype=torch.float64)
+    torch.testing.assert_close(block.decay(), expected, rtol=0, atol=0)
     assert block.head_k == D // 4 and block.head_v == 2 * D // 4  # key dim d, value dim 2d
 
 
 def test_retnet_equals_the_parallel_form_with_the_decay_mask():
     torch.manual_seed(0)
-    block = MultiScaleRetention(D, n_heads=2).double()
+    block = RetNet(D, n_heads=2).double()
     x = torch.randn(2, 70, D, dtype=torch.float64)
     T, pos = x.shape[1], torch.arange(x.shape[1])
     q = rotary_embedding(block.q_proj(x).unflatten(-1, (2, 16)), pos).transpose(1, 2)
@@ -36,6 +37,6 @@ def test_retnet_equals_the_parallel_form_with_the_decay_mask():
 
 def test_retnet_step_keeps_positions_and_state_is_constant_in_length():
     torch.manual_seed(0)
-    block = MultiScaleRetention(D, n_heads=4).double()
+    block = RetNet(D, n_heads=4).double()
     assert block.state_size(10) == block.state_size(10**6) == 4 * 8 * 16
     assert_decode_matches_forward(block, D, T=30)

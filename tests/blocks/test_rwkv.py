@@ -100,7 +100,8 @@ def test_rwkv7_value_residual_decodes_like_the_forward_through_the_model():
         "channel": {"_target_": "arch.blocks.rwkv6.RWKV6ChannelMix", "receptance": False},
     }
     torch.manual_seed(0)
-    model = LanguageModel.from_config(dict(d_model=D, n_layers=4, vocab_size=40, layers=["rwkv7", "channel"], mlp=None, blocks=blocks)).double()
+    config = dict(d_model=D, n_layers=4, vocab_size=40, layers=["rwkv7", "channel"], mlp=None, blocks=blocks)
+    model = LanguageModel.from_config(config).double()
     for p in model.parameters():  # leave the zero-initialised low-rank factors: make every path active
         with torch.no_grad():
             p.add_(0.05 * torch.randn_like(p))
@@ -116,7 +117,7 @@ def test_rwkv7_value_residual_decodes_like_the_forward_through_the_model():
 
 
 def test_rwkv_init_interpolates_by_depth_when_the_model_passes_n_layers():
-    from arch.blocks.rwkv6 import channel_ramp
+    from arch.blocks.init import channel_ramp
     from arch.lm import LanguageModel
 
     blocks = {

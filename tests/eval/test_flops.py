@@ -1,4 +1,4 @@
-"""eval.flops agrees with PyTorch's FlopCounterMode on what the pure-PyTorch path computes."""
+"""arch.flops agrees with PyTorch's FlopCounterMode on what the pure-PyTorch path computes."""
 
 import pytest
 import torch
@@ -6,8 +6,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from arch.blocks.attention import Attention
+from arch.flops import _mean_context, forward_flops_per_token, training_flops_per_token
 from arch.lm import LanguageModel
-from eval.flops import _mean_context, forward_flops_per_token, training_flops_per_token
 
 BLOCKS = {"attention": {"_target_": "arch.blocks.attention.Attention", "n_heads": 4}, "swiglu": {"_target_": "arch.blocks.mlp.SwiGLU"}}
 
@@ -28,7 +28,7 @@ def test_transformer_forward_flops_match_the_counter(window):
     matmuls = ops["aten.mm"]  # every Linear, the head included
     sdpa = ops["aten.bmm"]  # q k^T and p v
     # The counter charges attention for the full T x T score matrix (it does not see the causal or
-    # window mask); a causal query only attends to its visible keys, which is what eval.flops counts.
+    # window mask); a causal query only attends to its visible keys, which is what arch.flops counts.
     visible = _mean_context(t, window) / t
     expected = matmuls + sdpa * visible
     assert forward_flops_per_token(model, t) * b * t == pytest.approx(expected, rel=0.1)

@@ -1,4 +1,4 @@
-"""eval.flops for the recurrent zoo (Mamba, RG-LRU, H3, RWKV-6/7): the matmul-like part of each block's
+"""arch.flops (the FLOP counter) for the recurrent zoo (Mamba, RG-LRU, H3, RWKV-6/7): the matmul-like part of each block's
 count equals what FlopCounterMode sees on the pure-PyTorch forward; the elementwise part (scan updates,
 exponentials, gates: invisible to the counter) is `ELEMENTWISE_FLOPS`, compared only for its sign."""
 
@@ -11,8 +11,8 @@ from arch.blocks.h3 import H3
 from arch.blocks.mamba import Mamba
 from arch.blocks.rwkv6 import RWKV6ChannelMix, RWKV6TimeMix
 from arch.blocks.rwkv7 import RWKV7TimeMix
+from arch.flops import ELEMENTWISE_FLOPS, forward_flops_per_token
 from arch.lm import LanguageModel
-from eval.flops import ELEMENTWISE_FLOPS, forward_flops_per_token
 
 D = 64
 BLOCKS = {
@@ -38,7 +38,7 @@ def elementwise_per_token(module, seq_len) -> float:
 
 
 def assert_block_flops_visible(make_block, seq_len: int, b: int = 2) -> None:
-    """The matmul-like part of eval.flops' count equals what FlopCounterMode sees (10%); the rest is > 0."""
+    """The matmul-like part of arch.flops' count equals what FlopCounterMode sees (10%); the rest is > 0."""
     torch.manual_seed(0)
     block = make_block()
     visible = (forward_flops_per_token(block, seq_len) - elementwise_per_token(block, seq_len)) * b * seq_len
@@ -75,7 +75,8 @@ def test_visible_model_flops_match_the_counter(preset):
 
 def test_mamba_scan_is_about_twelve_d_inner_n_per_token():
     block = Mamba(D, d_state=16)
-    per_token = forward_flops_per_token(block, 128) - forward_flops_per_token(torch.nn.Sequential(block.in_proj, block.x_proj, block.dt_proj, block.out_proj), 1)
+    linears = torch.nn.Sequential(block.in_proj, block.x_proj, block.dt_proj, block.out_proj)
+    per_token = forward_flops_per_token(block, 128) - forward_flops_per_token(linears, 1)
     # two scan passes (10 d N) + the C readout (2 d N), conv and gates: O(d N), independent of T
     assert per_token == pytest.approx(12 * block.d_inner * 16, rel=0.2)
     assert forward_flops_per_token(block, 4096) == forward_flops_per_token(block, 128)

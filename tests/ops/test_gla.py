@@ -4,14 +4,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from arch.ops.gla import gated_linear_attention, gated_linear_attention_naive
+from arch.ops import gated_linear_attention, gated_linear_attention_naive, gla_step
+from tests.helpers.numerics import outputs_and_grads, relative_error
 
 B, H, DK, DV = 2, 2, 8, 6
 DECAYS = ["none", "scalar", "vector"]
-
-
-def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
 
 
 def make_inputs(T, decay, dtype=torch.float64, H=H, Dk=DK, Dv=DV):
@@ -21,21 +18,6 @@ def make_inputs(T, decay, dtype=torch.float64, H=H, Dk=DK, Dv=DV):
     log_decay = None if decay_shape is None else F.logsigmoid(torch.randn(decay_shape, dtype=dtype))
     initial_state = torch.randn(B, H, Dk, Dv, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
     return q, k, v, log_decay, initial_state
-
-
-def cotangent(x: torch.Tensor) -> torch.Tensor:
-    """The same fixed random weights for a float32 run and its float64 reference."""
-    generator = torch.Generator().manual_seed(x.numel())
-    return torch.randn(x.shape, dtype=torch.float64, generator=generator).to(x.dtype)
-
-
-def outputs_and_grads(op, q, k, v, log_decay, initial_state, **kwargs):
-    inputs = [x.detach().requires_grad_() for x in (q, k, v, log_decay, initial_state) if x is not None]
-    q, k, v, *rest = inputs
-    log_decay, initial_state = (rest[0], rest[1]) if len(rest) == 2 else (None, rest[0])
-    o, state = op(q, k, v, log_decay, initial_state=initial_state, **kwargs)
-    loss = (o * cotangent(o)).sum() + (state * cotangent(state)).sum()
-    return o, state, torch.autograd.grad(loss, inputs)
 
 
 @pytest.mark.parametrize("chunk_size", [16, 64])
@@ -146,3 +128,17 @@ def test_cpu_segments_match_the_recurrence_with_gradients(monkeypatch, decay):
     torch.testing.assert_close(state, state_ref, rtol=1e-10, atol=1e-10)
     for grad, grad_ref in zip(grads, grads_ref, strict=True):
         torch.testing.assert_close(grad, grad_ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("decay", ["none", "scalar", "vector"])
+def test_gla_step_continues_the_chunked_op(decay):
+    torch.manual_seed(0)
+    B, T, H, K, V = 2, 9, 3, 5, 4
+    q, k = torch.randn(B, T, H, K, dtype=torch.float64), torch.randn(B, T, H, K, dtype=torch.float64)
+    v = torch.randn(B, T, H, V, dtype=torch.float64)
+    g = {"none": None, "scalar": -torch.rand(B, T, H, dtype=torch.float64), "vector": -torch.rand(B, T, H, K, dtype=torch.float64)}[decay]
+    o, final = gated_linear_attention(q, k, v, g, scale=0.7)
+    o_prefix, state = gated_linear_attention(q[:, :-1], k[:, :-1], v[:, :-1], None if g is None else g[:, :-1], scale=0.7)
+    o_last, state = gla_step(q[:, -1:], k[:, -1:], v[:, -1:], None if g is None else g[:, -1:], state, 0.7)
+    torch.testing.assert_close(o_last, o[:, -1:])
+    torch.testing.assert_close(state, final)

@@ -3,14 +3,10 @@
 import pytest
 import torch
 
-from arch.ops.linear_attention import linear_attention, linear_attention_naive, taylor_feature_map
+from arch.ops import linear_attention, linear_attention_naive, taylor_feature_map
+from tests.helpers.numerics import outputs_and_grads
 
 B, H, D, DV = 2, 2, 4, 6  # the Taylor map gives Dk = 1 + 4 + 16 = 21
-
-
-def cotangent(x: torch.Tensor) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(x.numel())
-    return torch.randn(x.shape, dtype=torch.float64, generator=generator).to(x.dtype)
 
 
 def make_inputs(T, dtype=torch.float64):
@@ -19,13 +15,6 @@ def make_inputs(T, dtype=torch.float64):
     v = torch.randn(B, T, H, DV, dtype=dtype)
     S, z = torch.randn(B, H, q.shape[-1], DV, dtype=dtype), torch.rand(B, H, q.shape[-1], 1, dtype=dtype)
     return q, k, v, torch.cat([S, z], dim=-1)
-
-
-def outputs_and_grads(op, q, k, v, initial_state, **kwargs):
-    inputs = [x.detach().requires_grad_() for x in (q, k, v, initial_state)]
-    o, state = op(*inputs[:3], initial_state=inputs[3], **kwargs)
-    loss = (o * cotangent(o)).sum() + (state * cotangent(state)).sum()
-    return o, state, torch.autograd.grad(loss, inputs)
 
 
 @pytest.mark.parametrize("d", [1, 4, 16])

@@ -3,19 +3,10 @@
 import pytest
 import torch
 
-from arch.ops.rwkv6 import rwkv6, rwkv6_naive
+from arch.ops import rwkv6, rwkv6_naive
+from tests.helpers.numerics import outputs_and_grads, relative_error
 
 B, H, DK, DV = 2, 2, 8, 6
-
-
-def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
-
-
-def cotangent(x: torch.Tensor) -> torch.Tensor:
-    """The same fixed random weights for a float32 run and its float64 reference."""
-    generator = torch.Generator().manual_seed(x.numel())
-    return torch.randn(x.shape, dtype=torch.float64, generator=generator).to(x.dtype)
 
 
 def make_inputs(T, dtype=torch.float64, H=H, Dk=DK, Dv=DV):
@@ -25,14 +16,6 @@ def make_inputs(T, dtype=torch.float64, H=H, Dk=DK, Dv=DV):
     bonus = torch.randn(H, Dk, dtype=dtype)
     initial_state = torch.randn(B, H, Dk, Dv, dtype=torch.float64 if dtype == torch.float64 else torch.float32)
     return r, k, v, log_decay, bonus, initial_state
-
-
-def outputs_and_grads(op, *inputs, **kwargs):
-    inputs = [x.detach().requires_grad_() for x in inputs]
-    r, k, v, log_decay, bonus, initial_state = inputs
-    o, state = op(r, k, v, log_decay, bonus, initial_state=initial_state, **kwargs)
-    loss = (o * cotangent(o)).sum() + (state * cotangent(state)).sum()
-    return o, state, torch.autograd.grad(loss, inputs)
 
 
 @pytest.mark.parametrize("chunk_size", [16, 64])

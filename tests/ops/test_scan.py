@@ -1,4 +1,5 @@
-"""Specifications of arch.ops.scan: every fast path agrees with its token-by-token oracle."""
+"""Specifications of the diagonal scans (arch.ops.scan) and RWKV-7 (arch.ops.rwkv7): every fast path
+agrees with its token-by-token oracle."""
 
 import math
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from arch.ops.scan import (
+from arch.ops import (
     diagonal_recurrence,
     diagonal_recurrence_naive,
     rwkv7,
@@ -14,12 +15,9 @@ from arch.ops.scan import (
     selective_scan,
     selective_scan_naive,
 )
+from tests.helpers.numerics import outputs_and_grads, relative_error
 
 LENGTHS = [1, 7, 64, 65, 200]
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return ((actual.double() - expected.double()).abs().max() / expected.double().abs().max()).item()
 
 
 def diagonal_inputs(length, dtype=torch.float64, strongest_log_decay=-2.0, batch=2, dim=5):
@@ -60,25 +58,13 @@ OPS = {
 }
 
 
-def outputs_and_gradients(op, args, kwargs, weights=None):
-    """Outputs, final state, and d(<out, w> + <state, w_s>)/d(every input incl. initial_state)."""
-    leaves = [t.detach().clone().requires_grad_() for t in args]
-    state_leaf = kwargs["initial_state"].detach().clone().requires_grad_()
-    out, state = op(*leaves, initial_state=state_leaf)
-    if weights is None:
-        weights = (torch.randn_like(out), torch.randn_like(state))
-    loss = (out * weights[0]).sum() + (state * weights[1]).sum()
-    grads = torch.autograd.grad(loss, [*leaves, state_leaf])
-    return out, state, grads, weights
-
-
 @pytest.mark.parametrize("T", LENGTHS, ids=lambda t: f"T={t}")
 @pytest.mark.parametrize("op_name", OPS)
 def test_fast_path_matches_naive_outputs_states_and_gradients(op_name, T):
     fast, naive, make_inputs = OPS[op_name]
     args, kwargs = make_inputs(T)
-    out, state, grads, weights = outputs_and_gradients(fast, args, kwargs)
-    out_ref, state_ref, grads_ref, _ = outputs_and_gradients(naive, args, kwargs, weights)
+    out, state, grads = outputs_and_grads(fast, *args, kwargs["initial_state"])
+    out_ref, state_ref, grads_ref = outputs_and_grads(naive, *args, kwargs["initial_state"])
     torch.testing.assert_close(out, out_ref, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(state, state_ref, rtol=1e-10, atol=1e-10)
     for grad, grad_ref in zip(grads, grads_ref, strict=True):
@@ -138,12 +124,11 @@ def strong_decay_inputs(op_name, length):
 def test_float32_is_stable_and_accurate_for_strong_decays_at_T4096(op_name):
     fast, naive, _ = OPS[op_name]
     args, kwargs = strong_decay_inputs(op_name, 4096)
-    out, state, grads, weights = outputs_and_gradients(fast, args, kwargs)
+    out, state, grads = outputs_and_grads(fast, *args, kwargs["initial_state"])
     for t in (out, state, *grads):
         assert torch.isfinite(t).all()
-    args64 = [t.double() for t in args]
-    kwargs64 = {"initial_state": kwargs["initial_state"].double()}
-    out_ref, state_ref, grads_ref, _ = outputs_and_gradients(naive, args64, kwargs64, [w.double() for w in weights])
+    args64 = [t.double() for t in (*args, kwargs["initial_state"])]
+    out_ref, state_ref, grads_ref = outputs_and_grads(naive, *args64)
     for actual, expected in zip((out, state, *grads), (out_ref, state_ref, *grads_ref), strict=True):
         assert relative_error(actual, expected) <= 1e-4
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from arch.ops.short_conv import causal_conv1d, causal_conv1d_naive
+from arch.ops import causal_conv1d, causal_conv1d_naive
+from tests.helpers.numerics import outputs_and_grads
 
 B, D = 2, 5
 
@@ -13,17 +14,6 @@ def make_inputs(T, K, with_bias=True, dtype=torch.float64):
     x, weight = torch.randn(B, T, D, dtype=dtype), torch.randn(D, K, dtype=dtype)
     bias = torch.randn(D, dtype=dtype) if with_bias else None
     return x, weight, bias, torch.randn(B, D, K - 1, dtype=dtype)
-
-
-def outputs_and_grads(op, x, weight, bias, initial_state, **kwargs):
-    inputs = [t.detach().requires_grad_() for t in (x, weight, bias, initial_state) if t is not None]
-    x, weight, *rest = inputs
-    bias, initial_state = (rest[0], rest[1]) if len(rest) == 2 else (None, rest[0])
-    y, state = op(x, weight, bias, initial_state=initial_state, **kwargs)
-    generator = torch.Generator().manual_seed(0)
-    loss = (y * torch.randn(y.shape, dtype=y.dtype, generator=generator)).sum()
-    loss = loss + (state * torch.randn(state.shape, dtype=state.dtype, generator=generator)).sum()
-    return y, state, torch.autograd.grad(loss, inputs, allow_unused=True, materialize_grads=True)
 
 
 @pytest.mark.parametrize("activation", [None, "silu"])

@@ -10,12 +10,11 @@ Decode state: the last k - 1 inputs of the convolution [B, d_inner, k - 1].
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
-from arch.ops.short_conv import causal_conv1d
+from arch.blocks.init import init_depthwise_conv_
+from arch.ops import causal_conv1d
 
 
 class BaseConv(nn.Module):
@@ -44,10 +43,7 @@ class BaseConv(nn.Module):
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        bound = 1 / math.sqrt(self.kernel_size)
-        nn.init.uniform_(self.conv_weight, -bound, bound)
-        if self.conv_bias is not None:
-            nn.init.uniform_(self.conv_bias, -bound, bound)
+        init_depthwise_conv_(self.conv_weight, self.conv_bias)
 
     def _mix(self, x: torch.Tensor, state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         u, gate = self.in_proj(x).chunk(2, dim=-1)
