@@ -105,7 +105,9 @@ def dataset_corpus(
         builder = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
         kinds = {builder.get(s) for s in suffixes}
         if None in kinds or len(kinds) != 1:
-            raise DataError(f"data.paths mixes or includes unsupported file types {sorted(suffixes)}; use one of .txt, .jsonl/.json, .parquet.")
+            raise DataError(
+                f"data.paths mixes or includes unsupported file types {sorted(suffixes)}; use one of .txt, .jsonl/.json, .parquet."
+            )
         kind = kinds.pop()
         fingerprint = {"source": "files", "files": [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files]}
         extra = {"sample_by": "document"} if kind == "text" else {}

@@ -130,14 +130,20 @@ class MQARDataModule(pl.LightningDataModule):
     ):
         super().__init__()
         for key, value, bounds in (
-            ("vocab_size", vocab_size, Bounds(gt=0)), ("batch_size", batch_size, Bounds(gt=0)), ("eval_batch_size", eval_batch_size, Bounds(gt=0)),
-            ("num_train_examples", num_train_examples, Bounds(gt=0)), ("num_test_examples", num_test_examples, Bounds(gt=0)),
-            ("power_a", power_a, Bounds(gt=0)), ("num_workers", num_workers, Bounds(ge=0)),
+            ("vocab_size", vocab_size, Bounds(gt=0)),
+            ("batch_size", batch_size, Bounds(gt=0)),
+            ("eval_batch_size", eval_batch_size, Bounds(gt=0)),
+            ("num_train_examples", num_train_examples, Bounds(gt=0)),
+            ("num_test_examples", num_test_examples, Bounds(gt=0)),
+            ("power_a", power_a, Bounds(gt=0)),
+            ("num_workers", num_workers, Bounds(ge=0)),
         ):
             check_bounds("data", key, value, bounds)
         if slice is not None:
             if train_slices or test_slices:
-                raise ConfigError("data.slice and data.train_slices/test_slices both set: use one (slice='L64_K4' trains and tests on that one setting).")
+                raise ConfigError(
+                    "data.slice and data.train_slices/test_slices both set: use one (slice='L64_K4' trains and tests on that one setting)."
+                )
             seq_len, num_kv_pairs = parse_slice(slice)
             train_slices = [{"seq_len": seq_len, "num_kv_pairs": num_kv_pairs, "num_examples": num_train_examples}]
             test_slices = [{"seq_len": seq_len, "num_kv_pairs": num_kv_pairs, "num_examples": num_test_examples}]
@@ -180,12 +186,13 @@ class MQARDataModule(pl.LightningDataModule):
         return {"input_ids": self.train_data[0][idx], "labels": self.train_data[1][idx]}
 
     def train_dataloader(self) -> DataLoader:
-        return stream_loader(self.trainer, len(self.train_data[0]), self.batch_size, self._train_batch, seed=self.seed, num_workers=self.num_workers)
+        return stream_loader(
+            self.trainer, len(self.train_data[0]), self.batch_size, self._train_batch, seed=self.seed, num_workers=self.num_workers
+        )
 
     def val_dataloader(self) -> list[DataLoader]:
         return [
-            DataLoader(TensorDataset(x, y), batch_size=self.eval_batch_size, shuffle=False, collate_fn=_collate)
-            for x, y in self.test_data
+            DataLoader(TensorDataset(x, y), batch_size=self.eval_batch_size, shuffle=False, collate_fn=_collate) for x, y in self.test_data
         ]
 
 

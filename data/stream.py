@@ -43,7 +43,17 @@ class BatchStream(IterableDataset):
     w produces batches w, w + n_workers, ..., which the DataLoader interleaves back in order.
     """
 
-    def __init__(self, n_examples: int, batch_size: int, make_batch: Callable[[torch.Tensor], dict], *, seed: int, start_batch: int = 0, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        n_examples: int,
+        batch_size: int,
+        make_batch: Callable[[torch.Tensor], dict],
+        *,
+        seed: int,
+        start_batch: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         self.perm = EpochPermutation(n_examples, seed)
         self.batch_size, self.make_batch = batch_size, make_batch
         self.start_batch, self.rank, self.world_size = start_batch, rank, world_size

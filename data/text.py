@@ -149,7 +149,9 @@ class TextDataModule(pl.LightningDataModule):
         return self.meta["unigram_entropy"]
 
     def train_dataloader(self) -> DataLoader:
-        return stream_loader(self.trainer, len(self.train_windows), self.batch_size, self.train_windows.batch, seed=self.seed, num_workers=self.num_workers)
+        return stream_loader(
+            self.trainer, len(self.train_windows), self.batch_size, self.train_windows.batch, seed=self.seed, num_workers=self.num_workers
+        )
 
     def val_dataloader(self) -> DataLoader:
         # the first val_batches * batch_size windows, in order: the same tokens at every evaluation

@@ -6,23 +6,18 @@ decode state of a model preset, then the totals (forward, and training = 3 x for
 
 from __future__ import annotations
 
-# training_flops_per_token is re-exported for train.py, which imports it from here until it imports arch.flops
-from arch.flops import layer_table, training_flops_per_token
-
-__all__ = ["main", "training_flops_per_token"]
+from arch.flops import layer_table
 
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m eval.flops model=gla [--seq-len T] [any train.py override]``: per-layer table."""
     import argparse
     import sys
-    from pathlib import Path
 
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    import train  # noqa: F401  (registers the config resolvers)
     from arch.lm import LanguageModel
+    from training.compose import compose
 
     parser = argparse.ArgumentParser(
         prog="python -m eval.flops", description="Per-layer parameters, FLOPs and decode state of a model preset."
@@ -31,9 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seq-len", type=int, default=2048, help="sequence length T for attention FLOPs and KV caches")
     parser.add_argument("--vocab-size", type=int, default=None, help="vocabulary (default: model.vocab_size, else 257 bytes)")
     args = parser.parse_args(argv if argv is not None else sys.argv[1:])
-    conf = Path(__file__).resolve().parents[1] / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=args.overrides)
+    cfg = compose(args.overrides)
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     vocab = args.vocab_size or model_cfg.get("vocab_size") or 257
     model = LanguageModel.from_config(model_cfg, vocab_size=vocab)

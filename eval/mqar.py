@@ -105,12 +105,12 @@ def markdown(best: list[dict]) -> str:
     """Accuracy table: one row per (model, d_model), one column per (L, K) slice."""
     slices = sorted({(r["seq_len"], r["kv_pairs"]) for r in best})
     cells = {(r["model"], r["d_model"], r["seq_len"], r["kv_pairs"]): r for r in best}
-    header = "| model | d_model | " + " | ".join(f"L={l} K={k}" for l, k in slices) + " |"
+    header = "| model | d_model | " + " | ".join(f"L={length} K={k}" for length, k in slices) + " |"
     lines = [header, "|" + "---|" * (2 + len(slices))]
     for model, d in sorted({(r["model"], r["d_model"]) for r in best}):
         vals = []
-        for l, k in slices:
-            r = cells.get((model, d, l, k))
+        for length, k in slices:
+            r = cells.get((model, d, length, k))
             vals.append("" if r is None else f"{r['accuracy']:.3f} (lr {r['lr']:.2g}, batch {r['batch']})")
         lines.append(f"| {model} | {d} | " + " | ".join(vals) + " |")
     return "\n".join(lines) + "\n"

@@ -198,11 +198,15 @@ def _locate_callback(target: Any, where: str) -> type:
     import importlib
 
     if not isinstance(target, str) or "." not in target:
-        raise ConfigError(f"'{where}._target_' is {target!r}: give the full import path of a callback class, e.g. training.callbacks.Throughput.")
+        raise ConfigError(
+            f"'{where}._target_' is {target!r}: give the full import path of a callback class, e.g. training.callbacks.Throughput."
+        )
     if target.startswith(ALLOWED_TARGET_PREFIXES):
         return locate(target, where)
     module_name, _, attr = target.rpartition(".")
     try:
         return getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as err:
-        raise ConfigError(f"'{where}._target_' is {target!r}, which cannot be imported ({err}). Check the module is on PYTHONPATH.") from err
+        raise ConfigError(
+            f"'{where}._target_' is {target!r}, which cannot be imported ({err}). Check the module is on PYTHONPATH."
+        ) from err

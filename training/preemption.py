@@ -83,7 +83,14 @@ class Preemption(pl.Callback):
             if result.returncode == 0:
                 log.info("%s: saved %s at step %d and requeued SLURM job %s.", why, self.last, trainer.global_step, job)
             else:
-                log.error("%s: saved %s at step %d, but `scontrol requeue %s` failed: %s", why, self.last, trainer.global_step, job, result.stderr.strip())
+                log.error(
+                    "%s: saved %s at step %d, but `scontrol requeue %s` failed: %s",
+                    why,
+                    self.last,
+                    trainer.global_step,
+                    job,
+                    result.stderr.strip(),
+                )
         elif trainer.is_global_zero:
             log.info("%s: saved %s at step %d; start the same run again to resume it.", why, self.last, trainer.global_step)
         trainer.should_stop = True

@@ -62,7 +62,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     pl.seed_everything(run.seed, workers=True, verbose=False)
     vocab_size = datamodule.vocab_size  # prepares the data (tokenises and packs a corpus once, then reads the cache)
     if run.model.vocab_size is not None and run.model.vocab_size < vocab_size:
-        raise ConfigError(f"model.vocab_size={run.model.vocab_size} is smaller than the tokenizer's {vocab_size}; remove it to use the tokenizer's.")
+        raise ConfigError(
+            f"model.vocab_size={run.model.vocab_size} is smaller than the tokenizer's {vocab_size}; remove it to use the tokenizer's."
+        )
     vocab_size = run.model.vocab_size or vocab_size
     trainer_spec = dict(run.trainer)
     if run.budget_flops is not None:
@@ -86,9 +88,15 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         plugins.append(SLURMEnvironment(auto_requeue=False))
     try:
         trainer = instantiate(
-            trainer_spec, "trainer",
-            default_root_dir=str(run_dir), logger=logger, callbacks=callbacks, plugins=plugins,
-            enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
+            trainer_spec,
+            "trainer",
+            default_root_dir=str(run_dir),
+            logger=logger,
+            callbacks=callbacks,
+            plugins=plugins,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            use_distributed_sampler=False,
         )
     except MisconfigurationException as err:
         raise ConfigError(f"The trainer config is not valid: {err} Fix the trainer.* values.") from err
@@ -103,7 +111,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     elif trainer.is_global_zero:
         metric_keys = ["val/loss", "val/ppl"] + (["mqar/accuracy"] if getattr(datamodule, "is_recall", False) else [])
         log_hparams(logger, _flatten({k: values[k] for k in ("model", "data", "optim", "schedule", "trainer", "seed")}), metric_keys)
-        logger.log_metrics({"params/total": task.model.num_params(), "params/non_embedding": task.model.num_params(non_embedding=True)}, step=0)
+        logger.log_metrics(
+            {"params/total": task.model.num_params(), "params/non_embedding": task.model.num_params(non_embedding=True)}, step=0
+        )
     if trainer.is_global_zero:
         _print_header(task.model, run, datamodule, max_steps, trainer, run_dir)
     started = time.time()
@@ -118,9 +128,13 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         trainer.validate(task, datamodule=datamodule, verbose=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "mqar/"))}
     metrics.update(
-        model=run.model.name, steps=trainer.global_step, tokens=task.tokens_seen,
-        flops=task.tokens_seen * (task.flops_per_token or 0.0), params_total=task.model.num_params(),
-        params_non_embedding=task.model.num_params(non_embedding=True), wall_time_s=time.time() - started,
+        model=run.model.name,
+        steps=trainer.global_step,
+        tokens=task.tokens_seen,
+        flops=task.tokens_seen * (task.flops_per_token or 0.0),
+        params_total=task.model.num_params(),
+        params_non_embedding=task.model.num_params(non_embedding=True),
+        wall_time_s=time.time() - started,
         budget_flops=run.budget_flops,
     )
     if accuracy_stop is not None:
@@ -135,7 +149,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
 
 
 def _print_header(model: LanguageModel, run: RunConfig, datamodule: Any, max_steps: int, trainer, run_dir: Path) -> None:
-    from eval.flops import training_flops_per_token  # TODO(merge): arch.flops
+    from arch.flops import training_flops_per_token
 
     seq_len = getattr(datamodule, "seq_len", None) or max(getattr(s, "seq_len", 0) for s in getattr(datamodule, "train_slices", [])) or 1
     batch = getattr(datamodule, "batch_size", 1) * trainer.world_size * trainer.accumulate_grad_batches
@@ -184,13 +198,16 @@ def steps_for_budget(budget: float, model: dict, data: dict, trainer: dict, voca
     """Optimizer steps that spend ``budget`` training FLOPs (`arch.flops`, forward + backward) at the
     run's tokens per step: data.batch_size x data.seq_len per device, x devices x num_nodes x
     accumulate_grad_batches. The model is built on the meta device: nothing is allocated."""
-    from eval.flops import training_flops_per_token  # TODO(merge): arch.flops
+    from arch.flops import training_flops_per_token
 
     if not isinstance(budget, (int, float)) or budget <= 0:
         raise ConfigError(f"budget_flops must be a positive number of FLOPs, got {budget!r}.")
     seq_len, batch = data.get("seq_len"), data.get("batch_size")
-    counts = {"devices": trainer.get("devices", 1), "num_nodes": trainer.get("num_nodes", 1),
-              "accumulate_grad_batches": trainer.get("accumulate_grad_batches", 1)}
+    counts = {
+        "devices": trainer.get("devices", 1),
+        "num_nodes": trainer.get("num_nodes", 1),
+        "accumulate_grad_batches": trainer.get("accumulate_grad_batches", 1),
+    }
     if not (isinstance(seq_len, int) and isinstance(batch, int)):
         raise ConfigError(
             f"budget_flops needs the tokens of a step: data.seq_len and data.batch_size must be integers "

@@ -14,8 +14,8 @@ import lightning.pytorch as pl
 import torch
 
 from arch.config import from_mapping
+from arch.flops import training_flops_per_token
 from arch.lm import LanguageModel
-from eval.flops import training_flops_per_token  # TODO(merge): arch.flops
 from training.config import OptimConfig, ScheduleConfig
 
 

@@ -5,24 +5,22 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-import train  # noqa: F401  (registers the ${uid:} resolver used by run names)
 from arch.blocks.attention import Attention
 from arch.blocks.base_conv import BaseConv
 from arch.blocks.linear_attention import LinearAttention
 from arch.lm import LanguageModel
 from arch.ops.short_conv import causal_conv1d_naive
 from tests.helpers.properties import assert_decode_matches_forward
+from training.compose import compose
 
 D = 32
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 def preset(name: str, *overrides: str) -> dict:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"model={name}", *overrides])
+    cfg = compose([f"model={name}", *overrides])
     return OmegaConf.to_container(cfg, resolve=True)["model"]
 
 

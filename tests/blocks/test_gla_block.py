@@ -6,14 +6,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-import train  # noqa: F401  (registers the ${uid:} resolver used by run names)
 from arch.blocks.attention import Attention
 from arch.blocks.gla import GLA
 from arch.lm import LanguageModel
 from arch.ops.gla import gated_linear_attention_naive
+from training.compose import compose
 
 D = 64
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -50,8 +49,7 @@ def test_gla_forward_equals_hand_written_composition_of_the_naive_op():
 @pytest.mark.parametrize("preset", ["linear_attention", "based", "gla", "retnet", "hgrn2", "mamba2", "base_conv"])
 def test_each_preset_mixes_with_attention_through_the_layer_pattern(preset):
     # the recipe documented in conf/model/gla.yaml
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"model={preset}", "+block@model.blocks.attention=attention"])
+    cfg = compose([f"model={preset}", "+block@model.blocks.attention=attention"])
     values = OmegaConf.to_container(cfg, resolve=True)["model"]
     mixer = values["layers"][-1] if preset == "based" else values["layers"][0]
     model = LanguageModel.from_config({**values, "layers": [mixer, mixer, "attention"], "n_layers": 3}, vocab_size=50)

@@ -88,10 +88,10 @@ def test_random_non_queries_fill_the_gaps_but_keep_labels():
     assert ((y != -100).sum(1) == K).all()
 
 
-@pytest.mark.parametrize("l,k", [(63, 4), (64, 17), (600, 4)])
-def test_invalid_slices_are_config_errors(l, k):
+@pytest.mark.parametrize("length,k", [(63, 4), (64, 17), (600, 4)])
+def test_invalid_slices_are_config_errors(length, k):
     with pytest.raises(ConfigError, match="MQAR slice"):
-        generate_mqar(10, l, k, vocab_size=V)
+        generate_mqar(10, length, k, vocab_size=V)
 
 
 def test_unknown_slice_key_is_a_config_error():

@@ -25,7 +25,15 @@ def test_byte_tokenizer_round_trips_unicode():
 
 def test_bpe_trained_on_the_train_split_round_trips_and_reloads(tmp_path):
     (tmp_path / "a.jsonl").write_text("\n".join(json.dumps({"text": d}) for d in docs()))
-    dm = TextDataModule(source="files", paths=[str(tmp_path / "*.jsonl")], tokenizer="bpe", bpe_vocab_size=300, seq_len=8, cache_dir=str(tmp_path / "c"), val_fraction=0.2)
+    dm = TextDataModule(
+        source="files",
+        paths=[str(tmp_path / "*.jsonl")],
+        tokenizer="bpe",
+        bpe_vocab_size=300,
+        seq_len=8,
+        cache_dir=str(tmp_path / "c"),
+        val_fraction=0.2,
+    )
     dm.prepare_data()
     tok = dm.tokenizer
     assert tok.vocab_size <= 300
@@ -41,7 +49,14 @@ def test_tokenizer_from_a_local_path(tmp_path):
 
     trained = train_bpe(iter(docs()), 280, tmp_path / "tokenizer.json")
     (tmp_path / "a.jsonl").write_text("\n".join(json.dumps({"text": d}) for d in docs()))
-    dm = TextDataModule(source="files", paths=[str(tmp_path / "a.jsonl")], tokenizer=str(tmp_path), seq_len=8, cache_dir=str(tmp_path / "c"), val_fraction=0.25)
+    dm = TextDataModule(
+        source="files",
+        paths=[str(tmp_path / "a.jsonl")],
+        tokenizer=str(tmp_path),
+        seq_len=8,
+        cache_dir=str(tmp_path / "c"),
+        val_fraction=0.25,
+    )
     dm.setup()
     assert dm.vocab_size == trained.vocab_size
     assert dm.tokenizer.encode(TEXT).tolist() == trained.encode(TEXT).tolist()
@@ -61,7 +76,9 @@ def test_local_files_are_packed_with_eos_between_documents(tmp_path, kind):
         import pyarrow.parquet as pq
 
         pq.write_table(pa.table({"text": texts}), tmp_path / "all.parquet")
-    dm = TextDataModule(source="files", paths=[str(tmp_path / f"*.{kind}")], seq_len=16, batch_size=4, cache_dir=str(tmp_path / "cache"), val_fraction=0.25)
+    dm = TextDataModule(
+        source="files", paths=[str(tmp_path / f"*.{kind}")], seq_len=16, batch_size=4, cache_dir=str(tmp_path / "cache"), val_fraction=0.25
+    )
     dm.setup()
     tokens = {s: np.asarray(np.memmap(dm.packed_dir / f"{s}.bin", dtype=np.uint16, mode="r")) for s in ("train", "val")}
     n_docs = sum(int((t == 256).sum()) for t in tokens.values())
@@ -77,7 +94,9 @@ def test_a_saved_dataset_folder_loads_through_the_hf_path(tmp_path):
     import datasets
 
     datasets.Dataset.from_dict({"content": docs()}).save_to_disk(str(tmp_path / "ds"))
-    dm = TextDataModule(source="hf", dataset=str(tmp_path / "ds"), text_column="content", seq_len=16, cache_dir=str(tmp_path / "c"), val_fraction=0.25)
+    dm = TextDataModule(
+        source="hf", dataset=str(tmp_path / "ds"), text_column="content", seq_len=16, cache_dir=str(tmp_path / "c"), val_fraction=0.25
+    )
     dm.setup()
     assert dm.meta["train"]["tokens"] + dm.meta["val"]["tokens"] == sum(len(d.encode()) + 1 for d in docs())
 

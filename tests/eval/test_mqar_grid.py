@@ -28,7 +28,11 @@ TINY_GRID = [
 def test_tiny_grid_runs_reports_and_skips_finished_cells(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     root = tmp_path / "grid"
-    overrides = TINY_GRID + [f"hydra.sweep.dir={root}", "hydra.sweep.subdir=${hydra.job.override_dirname}", f"paths.cache={tmp_path / 'cache'}"]
+    overrides = TINY_GRID + [
+        f"hydra.sweep.dir={root}",
+        "hydra.sweep.subdir=${hydra.job.override_dirname}",
+        f"paths.cache={tmp_path / 'cache'}",
+    ]
     mqar.main(overrides + ["--out", str(tmp_path / "report")])
     runs = sorted(p.parent for p in root.rglob("metrics.json"))
     assert len(runs) == 2 and runs[0] != runs[1]
@@ -36,7 +40,9 @@ def test_tiny_grid_runs_reports_and_skips_finished_cells(tmp_path, monkeypatch):
     assert {float(r["lr"]) for r in rows} == {1e-3, 1e-2}
     assert {r["batch"] for r in rows} == {"16"}
     table = (tmp_path / "report" / "mqar.md").read_text()
-    assert "L=16 K=2" in table and ", batch 16)" in table and table.count("\n") == 3  # header, rule, one (model, d_model) row with the best lr
+    assert (
+        "L=16 K=2" in table and ", batch 16)" in table and table.count("\n") == 3
+    )  # header, rule, one (model, d_model) row with the best lr
     for png in ("accuracy_vs_d_model.png", "accuracy_vs_state.png"):
         assert (tmp_path / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     stamps = [(r / "metrics.json").stat().st_mtime_ns for r in runs]

@@ -109,11 +109,21 @@ def slurm(tmp_path_factory):
     daemons: list[subprocess.Popen] = []
 
     def start(*cmd: str) -> None:
-        daemons.append(subprocess.Popen(list(cmd), env=cluster.env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True))
+        daemons.append(
+            subprocess.Popen(list(cmd), env=cluster.env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+        )
 
     try:
-        start("munged", "--foreground", "--force", f"--socket={folder}/munge.sock", "--key-file=/etc/munge/munge.key",
-              f"--pid-file={folder}/munged.pid", f"--log-file={folder}/munged.log", f"--seed-file={folder}/munge.seed")
+        start(
+            "munged",
+            "--foreground",
+            "--force",
+            f"--socket={folder}/munge.sock",
+            "--key-file=/etc/munge/munge.key",
+            f"--pid-file={folder}/munged.pid",
+            f"--log-file={folder}/munged.log",
+            f"--seed-file={folder}/munge.seed",
+        )
         _wait(lambda: (folder / "munge.sock").exists(), 10, "munged did not create its socket", cluster)
         start("slurmctld", "-D", "-i", "-f", str(conf))
         start("slurmd", "-D", "-f", str(conf))

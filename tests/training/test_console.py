@@ -16,9 +16,20 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_debug_run_prints_each_line_once_with_a_header(tmp_path):
     overrides = [o for o in TINY if not o.startswith(("callbacks.progress", "trainer="))]
     proc = subprocess.run(
-        [sys.executable, "train.py", "trainer=debug", *overrides, f"paths.runs={tmp_path / 'runs'}", f"paths.cache={tmp_path / 'cache'}",
-         "name=console"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env={k: v for k, v in {**os.environ, "OMP_NUM_THREADS": "1"}.items() if not k.startswith("SLURM_")},
+        [
+            sys.executable,
+            "train.py",
+            "trainer=debug",
+            *overrides,
+            f"paths.runs={tmp_path / 'runs'}",
+            f"paths.cache={tmp_path / 'cache'}",
+            "name=console",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={k: v for k, v in {**os.environ, "OMP_NUM_THREADS": "1"}.items() if not k.startswith("SLURM_")},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     # progress-bar redraws end in carriage returns; the last state of each bar is its line

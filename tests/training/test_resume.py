@@ -19,7 +19,12 @@ from training.checkpoint import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[2]
 N = 6
-RUN = [f"trainer.max_steps={3 * N}", f"trainer.val_check_interval={N}", f"callbacks.checkpoint.every_n_steps={N}", "trainer.deterministic=true"]
+RUN = [
+    f"trainer.max_steps={3 * N}",
+    f"trainer.val_check_interval={N}",
+    f"callbacks.checkpoint.every_n_steps={N}",
+    "trainer.deterministic=true",
+]
 
 # a train.py whose checkpoint writes from step 2N on stop half-way (the test kills it there)
 HANGING_SAVE = f"""
@@ -39,8 +44,12 @@ main()
 def _start(tmp_path: Path, name: str, *extra: str, program: list[str] | None = None) -> subprocess.Popen:
     args = [*TINY, *RUN, f"paths.cache={tmp_path / 'cache'}", f"paths.runs={tmp_path / 'runs'}", f"name={name}", *extra]
     return subprocess.Popen(
-        (program or [sys.executable, "train.py"]) + args, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        (program or [sys.executable, "train.py"]) + args,
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -100,7 +109,11 @@ def test_kill_9_during_a_checkpoint_write_keeps_the_previous_checkpoint_and_resu
     killed = _start(tmp_path, "killed", program=[sys.executable, "-c", HANGING_SAVE])
     ckpts = tmp_path / "runs/killed/checkpoints"
     # the hanging write itself, not step N's real one (a loaded machine can be caught mid-way through that)
-    _wait_for(lambda: any(_reads(p).endswith(b"half a checkpoint") for p in ckpts.glob("last.ckpt.tmp-*")), killed, "a checkpoint write at step 2N")
+    _wait_for(
+        lambda: any(_reads(p).endswith(b"half a checkpoint") for p in ckpts.glob("last.ckpt.tmp-*")),
+        killed,
+        "a checkpoint write at step 2N",
+    )
     killed.send_signal(signal.SIGKILL)
     killed.wait()
     assert _step(ckpts / "last.ckpt") == N  # the interrupted write never replaced it
@@ -113,7 +126,9 @@ def test_kill_9_during_a_checkpoint_write_keeps_the_previous_checkpoint_and_resu
 def test_a_truncated_last_checkpoint_falls_back_to_the_previous_one_with_a_warning(tmp_path, run_tiny, caplog):
     common = ["trainer.max_steps=8", "trainer.val_check_interval=4", "callbacks.checkpoint.every_n_steps=3", "trainer.deterministic=true"]
     whole = run_tiny(tmp_path / "whole", *common)
-    assert run_tiny(tmp_path / "split", *common, "+callback@callbacks.stop_after=stop_after_steps", "callbacks.stop_after.steps=5") == {"stopped_at_step": 5}
+    assert run_tiny(tmp_path / "split", *common, "+callback@callbacks.stop_after=stop_after_steps", "callbacks.stop_after.steps=5") == {
+        "stopped_at_step": 5
+    }
     ckpts = tmp_path / "split/checkpoints"
     assert _step(ckpts / "last.ckpt") == 5 and _step(ckpts / "last.previous.ckpt") == 3
     data = (ckpts / "last.ckpt").read_bytes()

@@ -23,7 +23,16 @@ def test_short_training_run_lowers_validation_loss_and_writes_the_run_directory(
     assert saved["steps"] == 60 and saved["val/loss"] == pytest.approx(metrics["val/loss"])
     assert saved["tokens"] == 60 * 4 * 32
     assert saved["val/bits_per_byte"] > 0 and saved["unigram_entropy"] > saved["val/loss"] * 0.5
-    for tag in ("train/loss", "train/tokens", "train/flops", "train/lr", "train/grad_norm", "train/tokens_per_sec", "val/ppl", "params/total"):
+    for tag in (
+        "train/loss",
+        "train/tokens",
+        "train/flops",
+        "train/lr",
+        "train/grad_norm",
+        "train/tokens_per_sec",
+        "val/ppl",
+        "params/total",
+    ):
         assert scalars(tmp_path, tag), tag
     tokens = scalars(tmp_path, "train/tokens")
     assert tokens[60] == 60 * 4 * 32
@@ -63,7 +72,15 @@ def test_non_finite_loss_stops_with_a_clear_error_and_keeps_checkpoints(tmp_path
 
 @pytest.mark.parametrize(
     "name,step,expected",
-    [("cosine", 0, 0.1), ("cosine", 9, 1.0), ("cosine", 100, 0.1), ("wsd", 50, 1.0), ("wsd", 79, 1.0), ("wsd", 100, 0.1), ("constant", 70, 1.0)],
+    [
+        ("cosine", 0, 0.1),
+        ("cosine", 9, 1.0),
+        ("cosine", 100, 0.1),
+        ("wsd", 50, 1.0),
+        ("wsd", 79, 1.0),
+        ("wsd", 100, 0.1),
+        ("constant", 70, 1.0),
+    ],
 )
 def test_schedules(name, step, expected):
     s = ScheduleConfig(name=name, warmup_steps=10, min_lr_ratio=0.1, cooldown_fraction=0.2)
@@ -77,8 +94,16 @@ def test_wsd_cooldown_follows_one_minus_sqrt():
 
 def test_no_weight_decay_on_norms_biases_and_embeddings(tmp_path):
     task = LMTask(
-        {"d_model": 16, "n_layers": 1, "blocks": {"attention": {"_target_": "arch.blocks.attention.Attention", "n_heads": 2, "bias": True}, "swiglu": {"_target_": "arch.blocks.mlp.SwiGLU"}}},
-        vocab_size=20, max_steps=10,
+        {
+            "d_model": 16,
+            "n_layers": 1,
+            "blocks": {
+                "attention": {"_target_": "arch.blocks.attention.Attention", "n_heads": 2, "bias": True},
+                "swiglu": {"_target_": "arch.blocks.mlp.SwiGLU"},
+            },
+        },
+        vocab_size=20,
+        max_steps=10,
     )
     opt = task.configure_optimizers()["optimizer"]
     decayed = {id(p) for p in opt.param_groups[0]["params"]}
@@ -119,8 +144,8 @@ def test_flops_budget_scales_steps_with_the_inverse_model_cost():
         cfg = OmegaConf.to_container(compose_config([f"model.d_model={d_model}", "data.seq_len=64", "data.batch_size=2"]))
         return steps_for_budget(1e12, cfg["model"], cfg["data"], {"devices": 2, "num_nodes": 1}, 257)
 
+    from arch.flops import training_flops_per_token
     from arch.lm import LanguageModel
-    from eval.flops import training_flops_per_token
 
     cfg = OmegaConf.to_container(compose_config(["model.d_model=64"]))
     per_token = training_flops_per_token(LanguageModel.from_config(cfg["model"], vocab_size=257), 64)
