@@ -69,6 +69,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     trainer_spec = dict(run.trainer)
     if run.budget_flops is not None:
         trainer_spec["max_steps"] = steps_for_budget(run.budget_flops, values["model"], values["data"], trainer_spec, vocab_size)
+        values["trainer"]["max_steps"] = trainer_spec["max_steps"]  # config.yaml records the steps the run takes
         log.info("budget_flops=%.3g: %d steps", run.budget_flops, trainer_spec["max_steps"])
     max_steps = trainer_spec["max_steps"]
     task = LMTask(values["model"], vocab_size, values["optim"], values["schedule"], max_steps)

@@ -118,6 +118,9 @@ def test_flops_budget_sets_the_step_count_and_a_rerun_skips_the_finished_run(tmp
     per_step = first["flops"] / first["steps"]
     assert 1 < first["steps"] < 1000 and abs(first["flops"] - 2e9) <= per_step / 2
     assert first["budget_flops"] == 2e9
+    import yaml
+
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["trainer"]["max_steps"] == first["steps"]  # the steps it took
     again = run_tiny(tmp_path, "budget_flops=2e9", "trainer.max_steps=1000", "trainer.val_check_interval=1000")
     assert again == json.loads((tmp_path / "metrics.json").read_text())  # skipped: nothing retrained
     assert "wall_time_s" in again and again["wall_time_s"] == first["wall_time_s"]
