@@ -1,7 +1,6 @@
 """Based: BaseConv equals its hand-written composition; the preset has BaseConv, Taylor linear
 attention and sliding-window attention at the 360M layout's positions (scaled down), and decodes."""
 
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +15,6 @@ from tests.helpers.properties import assert_decode_matches_forward
 from training.compose import compose
 
 D = 32
-CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 def preset(name: str, *overrides: str) -> dict:

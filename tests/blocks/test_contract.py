@@ -1,7 +1,6 @@
 """The block contract, checked for every sequence mixer in conf/block/ (a new block file is picked up
 without touching this test): causality, step decoding equals forward, and an honest state_size."""
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -9,8 +8,9 @@ from omegaconf import OmegaConf
 
 from arch.config import instantiate, locate
 from tests.helpers.properties import assert_causal, assert_decode_matches_forward
+from training.compose import CONF_DIR
 
-CONF = Path(__file__).resolve().parents[2] / "conf" / "block"
+CONF = CONF_DIR / "block"
 D_MODEL = 64
 
 

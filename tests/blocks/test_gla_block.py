@@ -1,7 +1,6 @@
 """GLA block: gate range and normaliser, equality with a hand-written composition on the token-by-token
 oracle, the one-token recurrence used by `step`, and mixing with attention through `layers`."""
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +14,6 @@ from arch.ops.gla import gated_linear_attention_naive
 from training.compose import compose
 
 D = 64
-CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 def test_gla_gate_is_logsigmoid_over_16_so_decays_lie_in_0_1_close_to_1():

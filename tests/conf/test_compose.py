@@ -1,15 +1,14 @@
 """Every preset and experiment composes, validates and builds; a model preset runs forward and backward."""
 
-from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
 from arch.lm import LanguageModel
-from training.compose import compose
+from training.compose import CONF_DIR, compose
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = CONF_DIR
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
