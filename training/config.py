@@ -24,7 +24,8 @@ from arch.lm import LanguageModel, ModelConfig
 
 @dataclass
 class OptimConfig:
-    """AdamW; weight decay applies to matrices only (not norms, biases or embeddings)."""
+    """AdamW; weight decay applies to matrices only (not norms, biases, embeddings, or parameters a
+    block exempts: `training.task.split_weight_decay`)."""
 
     lr: float = bounded(3e-3, gt=0)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])

@@ -40,8 +40,21 @@ def lr_factor(step: int, total: int, s: ScheduleConfig) -> float:
     return s.min_lr_ratio + (1 - s.min_lr_ratio) * (1 - math.sqrt(progress))
 
 
+def split_weight_decay(model: torch.nn.Module) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
+    """(decayed, not decayed) parameters: AdamW's weight decay applies to matrices, except embeddings
+    and the parameters a block marked ``_no_weight_decay`` (`arch.blocks.init.no_weight_decay`:
+    decay rates, time steps, token-shift mixes...); vectors (norms, biases) never decay."""
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    decay, no_decay = [], []
+    for p in model.parameters():
+        exempt = p.ndim < 2 or id(p) in embeddings or getattr(p, "_no_weight_decay", False)
+        (no_decay if exempt else decay).append(p)
+    return decay, no_decay
+
+
 class LMTask(pl.LightningModule):
-    """Next-token cross-entropy (+ auxiliary losses) on `LanguageModel`, AdamW, warmup + cosine/WSD.
+    """Next-token cross-entropy (+ auxiliary losses) on `LanguageModel`, AdamW (weight decay by
+    `split_weight_decay`), warmup + cosine/WSD.
 
     ``model``: the ``model`` config mapping; ``vocab_size``: the embedding's rows (the run passes
     ``model.vocab_size`` when a preset sets it, else the tokenizer's); ``optim`` / ``schedule``: their config mappings (defaults when
@@ -121,10 +134,7 @@ class LMTask(pl.LightningModule):
         self.log_dict(metrics, sync_dist=True)  # already reduced: identical on every rank
 
     def configure_optimizers(self):
-        embeddings = {id(m.weight) for m in self.model.modules() if isinstance(m, torch.nn.Embedding)}
-        decay, no_decay = [], []
-        for p in self.model.parameters():
-            (decay if p.ndim >= 2 and id(p) not in embeddings else no_decay).append(p)
+        decay, no_decay = split_weight_decay(self.model)
         o = self.optim_config
         opt = torch.optim.AdamW(
             [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],

@@ -8,6 +8,7 @@ numbers in the order the blocks always did, so a seed gives the same parameters)
     S4D-real A         A_n = n, n = 1..N, stored as log A               (Mamba, H3)
     RWKV depth ratios  ratio_0_to_1 = l / (L - 1), ratio_1_to_almost0 = 1 - l / L   (RWKV-6, RWKV-7)
     RWKV channel ramp  n / d, n = 0..d-1                                (RWKV-6, RWKV-7)
+    no weight decay    p._no_weight_decay = True on each exempt parameter  (every block with one)
 """
 
 from __future__ import annotations
@@ -56,3 +57,12 @@ def depth_ratios(layer_idx: int, n_layers: int | None) -> tuple[float, float]:
     if n_layers is None:
         return 0.5, 0.5
     return layer_idx / max(n_layers - 1, 1), 1 - layer_idx / n_layers
+
+
+def no_weight_decay(*params: nn.Parameter) -> None:
+    """Exempt ``params`` from weight decay, as the reference codes do for decay rates, time steps,
+    gates' biases, token-shift mixes and the like (mamba_ssm's ``_no_weight_decay`` attribute): the
+    optimiser setup (`training.task.LMTask.configure_optimizers`) honours the attribute on every
+    parameter, beside its default rule (matrices decay; norms, biases and embeddings do not)."""
+    for p in params:
+        p._no_weight_decay = True
