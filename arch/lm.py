@@ -93,8 +93,9 @@ class LanguageModel(nn.Module):
     """Decoder-only LM over any mix of blocks.
 
     Initialisation: every Linear and Embedding weight ~ N(0, init_std), biases 0, norms 1; each
-    residual branch's ``out_proj`` ~ N(0, init_std / sqrt(2 n_layers)) (GPT-2) so the residual
-    stream's variance does not grow with depth; blocks with special parameters (decay rates, time
+    residual branch's ``out_proj`` ~ N(0, init_std / sqrt(N)), N the number of residual branches
+    (GPT-2's "1/sqrt(N) where N is the number of residual layers": 2 n_layers with an MLP sublayer,
+    n_layers without) so the residual stream's variance does not grow with depth; blocks with special parameters (decay rates, time
     steps) then re-initialise them in their own ``init_weights()``.
     """
 
@@ -136,9 +137,10 @@ class LanguageModel(nn.Module):
 
     def reset_parameters(self) -> None:
         std = self.config.init_std
+        branches = sum(1 + (layer.mlp is not None) for layer in self.layers)
         for name, module in self.named_modules():
             if isinstance(module, nn.Linear):
-                scale = 1 / math.sqrt(2 * self.config.n_layers) if name.endswith("out_proj") else 1.0
+                scale = 1 / math.sqrt(branches) if name.endswith("out_proj") else 1.0
                 nn.init.normal_(module.weight, std=std * scale)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)

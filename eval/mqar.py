@@ -145,10 +145,10 @@ def plot(best: list[dict], out: Path) -> list[Path]:
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
     longest = max(lengths)
-    for model in models:
-        pts = sorted((r["state_size"], r["accuracy"]) for r in best if r["model"] == model and r["seq_len"] == longest)
+    for family in sorted({family_of(m) for m in models}):  # one line per family through its sizes
+        pts = sorted((r["state_size"], r["accuracy"]) for r in best if family_of(r["model"]) == family and r["seq_len"] == longest)
         if pts:
-            ax.plot(*zip(*pts), marker="o", label=model)
+            ax.plot(*zip(*pts), marker="o", label=family)
     ax.set_xscale("log", base=2)
     ax.set_xlabel(f"decode state at L = {longest} (numbers per sequence)")
     ax.set_ylabel("MQAR accuracy (fraction of queries)")
@@ -160,6 +160,12 @@ def plot(best: list[dict], out: Path) -> list[Path]:
     fig.savefig(by_state, dpi=120)
     plt.close(fig)
     return [by_d, by_state]
+
+
+def family_of(model: str) -> str:
+    """The family of a model name ``family/variant`` (e.g. ``mamba/d_state16``): the recall-vs-state
+    plot draws one line per family through its variants; a name without ``/`` is its own family."""
+    return model.split("/", 1)[0]
 
 
 def report(root: Path, out: Path) -> str:

@@ -9,7 +9,7 @@
 
 Channel mixers (MLPs, MoE) map [B, T, d_model] to the same shape and are position-wise. Each
 block's output projection back into the residual stream is named ``out_proj``: the language
-model scales its initialisation by 1/sqrt(2 n_layers).
+model scales its initialisation by 1/sqrt(number of residual branches).
 
 A block has one name: its file ``arch/blocks/<name>.py``, its block config ``conf/block/<name>.yaml``,
 its model preset ``conf/model/<name>.yaml`` (where one exists) and its class, the same name in

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arch.blocks.init import dt_bias, init_depthwise_conv_, s4d_real_log_A
+from arch.blocks.init import dt_bias, init_depthwise_conv_, no_weight_decay, s4d_real_log_A
 from arch.ops import causal_conv1d, selective_scan
 
 
@@ -60,6 +60,7 @@ class Mamba(nn.Module):
         self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
         self.A_log = nn.Parameter(torch.empty(self.d_inner, d_state))
         self.D = nn.Parameter(torch.empty(self.d_inner))
+        no_weight_decay(self.A_log, self.D)  # as mamba_ssm's Mamba
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
         self.init_weights()
 

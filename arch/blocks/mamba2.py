@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arch.blocks.init import dt_bias, init_depthwise_conv_
+from arch.blocks.init import dt_bias, init_depthwise_conv_, no_weight_decay
 from arch.ops import causal_conv1d, gated_linear_attention, gla_step
 
 
@@ -62,6 +62,7 @@ class Mamba2(nn.Module):
         self.dt_bias = nn.Parameter(torch.empty(self.n_heads))
         self.A_log = nn.Parameter(torch.empty(self.n_heads))
         self.D = nn.Parameter(torch.empty(self.n_heads))
+        no_weight_decay(self.dt_bias, self.A_log, self.D)  # as mamba_ssm's Mamba2
         self.norm = nn.RMSNorm(self.d_inner, eps=norm_eps)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
         self.init_weights()

@@ -42,7 +42,15 @@ def test_residual_output_projections_get_scaled_init():
     out_std = model.layers[0].mixer.out_proj.weight.std().item()
     in_std = model.layers[0].mixer.q_proj.weight.std().item()
     assert in_std == pytest.approx(0.02, rel=0.05)
-    assert out_std == pytest.approx(0.02 / 4, rel=0.05)
+    assert out_std == pytest.approx(0.02 / 4, rel=0.05)  # 16 residual branches (8 mixers, 8 MLPs)
+
+
+@pytest.mark.parametrize("mlp", [None, "identity"])
+def test_mlp_less_stacks_scale_by_their_one_branch_per_layer(mlp):
+    torch.manual_seed(0)
+    model = lm(d_model=256, n_layers=16, mlp=mlp)
+    out_std = torch.cat([layer.mixer.out_proj.weight.flatten() for layer in model.layers]).std().item()
+    assert out_std == pytest.approx(0.02 / 4, rel=0.03)  # 16 branches: 1/sqrt(16), not 1/sqrt(32)
 
 
 @pytest.mark.parametrize(

@@ -65,3 +65,23 @@ def test_batch_column_is_the_data_modules_resolved_batch():
     assert mqar._batch_size(config) == 64
     config["data"]["batch_tokens"] = 16384
     assert mqar._batch_size(config) == 128  # 16384 tokens at L=128
+
+
+def test_variants_of_a_family_are_separate_cells_drawn_as_one_line(tmp_path):
+    rows = [
+        {
+            "model": f"mamba/d_state{n}",
+            "d_model": 64,
+            "lr": 3e-3,
+            "batch": 64,
+            "seq_len": 64,
+            "kv_pairs": 4,
+            "accuracy": acc,
+            "state_size": 64 * n,
+        }
+        for n, acc in ((8, 0.5), (16, 0.7), (24, 0.8))
+    ] + [{"model": "attention", "d_model": 64, "lr": 3e-3, "batch": 64, "seq_len": 64, "kv_pairs": 4, "accuracy": 1.0, "state_size": 8192}]
+    best = mqar.best_per_cell(rows)
+    assert len(best) == 4  # d_state 8, 16, 24 are three cells, not one "best of"
+    assert {mqar.family_of(r["model"]) for r in best} == {"mamba", "attention"}
+    assert all(p.exists() for p in mqar.plot(best, tmp_path))
