@@ -133,7 +133,8 @@ def validate(values: dict, run_dir: Path) -> Validated:
         fields = signature_fields(cls)[0]
         callbacks.append(build(cls, kwargs, f"callbacks.{name}", **{k: offered[k] for k in CALLBACK_OFFERED if k in fields}))
     with torch.device("meta"):
-        LanguageModel(dataclasses.replace(run.model, vocab_size=run.model.vocab_size or 256))
+        model = LanguageModel(dataclasses.replace(run.model, vocab_size=run.model.vocab_size or 256))
+    _check_no_empty_parameters(model, run.model)
     cls, kwargs, extra = check_spec(run.data, "data")
     datamodule = build(cls, kwargs, "data", **extra)
     for callback in callbacks:  # a callback that needs a kind of data says so now (e.g. an MQAR accuracy)
@@ -141,6 +142,23 @@ def validate(values: dict, run_dir: Path) -> Validated:
         if callable(check):
             check(datamodule)
     return Validated(run, values, datamodule, callbacks)
+
+
+def _check_no_empty_parameters(model: LanguageModel, config: ModelConfig) -> None:
+    """A size of 0 (an expansion, a state or head size) builds without complaint in PyTorch and
+    trains a block that computes nothing: name the block config that produced it."""
+    names = config.layer_names()
+    for name, p in model.named_parameters():
+        if p.numel() == 0:
+            parts = name.split(".")
+            where = "model"
+            if parts[0] == "layers":
+                block = names[int(parts[1])] if parts[2] == "mixer" else config.mlp
+                where = f"model.blocks.{block}"
+            raise ConfigError(
+                f"'{where}' builds parameter {name} with shape {tuple(p.shape)}: one of its sizes is 0. "
+                f"Check the sizes set in {where} (expansions, state, head and rank sizes must be positive)."
+            )
 
 
 def _check_trainer(run: RunConfig) -> None:

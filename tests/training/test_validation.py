@@ -28,6 +28,10 @@ BAD = {
     "callback_value": (["callbacks.checkpoint.every_n_steps=-1"], r"callbacks\.checkpoint.*every_n_steps"),
     "required_callback_argument": (["+callback@callbacks.stop_after=stop_after_steps"], r"callbacks\.stop_after\.steps"),
     "budget": (["budget_flops=-5"], r"budget_flops' is -5"),
+    "zero_size": (
+        ["+block@model.blocks.mamba=mamba", "model.layers=[mamba]", "model.blocks.mamba.expand=0"],
+        r"model\.blocks\.mamba' builds parameter layers\.0\.mixer\..* one of its sizes is 0",
+    ),
 }
 
 
