@@ -23,15 +23,20 @@ kappa = C_s; both stay trainable, as in the reference. D, D_s ~ randn. Δ, A, B 
 weight decay (the reference's ``OptimModule.register``); C, C_s, D, D_s are ordinary parameters.
 
 The complex recurrence runs on the shared real scan (`arch.ops.diagonal_recurrence`) in a rotating
-frame: with Ā = r e^{iθ} constant in time, g_t = e^{-iθt} s_t obeys g_t = r g_{t-1} + e^{-iθt} B̄ u_t,
+frame: with Ā = r e^{iθ} constant in time and t counted from the call's first token (g_0 = s_0, the
+state it continues from), g_t = e^{-iθt} s_t obeys g_t = r g_{t-1} + e^{-iθt} B̄ u_t,
 a real decay acting on the real and imaginary parts alike, and y_t = 2 Re(sum_n C_n e^{iθ_n t} g_{t,n}).
-The phases θt are reduced mod 2π in float64, so the frame costs no accuracy over long sequences.
+The phases θt are reduced mod 2π in float64, so the rotations stay exact to rounding at any length.
 
 Decode state: the shift conv's last N_s - 1 keys [B, d_model, N_s - 1] and the diagonal state s_T
-as (re, im) pairs [B, H, P P, N/2, 2]. Departures from the reference: the forward is a recurrent scan
-rather than an FFT convolution with the kernel K (the same function, different arithmetic); W_q,
-W_k, W_v are one fused Linear (same initialisation distribution); the heads' outputs are
-concatenated head-major (the reference interleaves them, a fixed permutation of out_proj's inputs).
+as (re, im) pairs [B, H, P P, N/2, 2] (2 real numbers per complex one); N_s = d_state unless
+``shift_len`` is set (an option the reference does not have). Departures from the reference, none of
+which changes the function, only the arithmetic: the forward is a recurrent scan rather than an FFT
+convolution with the kernel K (O(T N) work and a [B, T, H P P, N] activation instead of O(T log T));
+W_q, W_k, W_v are one fused Linear (same initialisation distribution); the heads' outputs are
+concatenated head-major (the reference interleaves them: a fixed permutation of out_proj's inputs);
+the shift conv runs in the input's dtype (the reference's FFT runs in float32; the diagonal SSM here
+accumulates in float32).
 """
 
 from __future__ import annotations
