@@ -34,7 +34,7 @@ from arch.blocks.mamba2 import Mamba2
 from arch.blocks.retnet import RetNet
 from arch.blocks.rwkv6 import RWKV6ChannelMix, RWKV6TimeMix
 from arch.blocks.rwkv7 import RWKV7TimeMix
-from arch.ops import rwkv6, rwkv7
+from arch.ops import diagonal_recurrence, rwkv6, rwkv7
 from arch.ops.gla import _block_sizes, _chunk
 
 
@@ -80,11 +80,20 @@ def _rglru(block: RGLRUBlock, seq_len: int) -> tuple[float, float]:
 
 
 def _h3(block: H3, seq_len: int) -> tuple[float, float]:
-    channels, n = block.channels, block.d_state
-    # matmul-like: shift conv 2 K d_model; q times y per head 2 H P^2.
-    # elementwise: k v^T 1 per channel; per state: input scaling 1, scan 2 passes x 4, C readout 2;
-    # D skip 2 per channel.
-    return 2 * block.shift_len * block.n_heads * block.head_dim + 2 * channels, 11 * channels * n + 3 * channels
+    channels, modes, h = block.channels, block.modes, block.n_heads
+    # matmul-like: the shift SSM's K-tap conv 2 K d_model (D_s folded into its current tap); q times y
+    # per head 2 H P^2.
+    # elementwise, per channel and complex mode (the state is N/2 complex = N real numbers): the scan on
+    # (re, im) visits each real state twice, tokens padded to whole chunks, 4 ops a visit (log a times
+    # log2 e, exp2, decay multiply, input add): 16; the input B̄ e^{-iθt} u 2 (complex times real) and the
+    # readout 2 Re(C e^{iθt} g) 4 (2 multiplies, 2 adds): 6. (One complex multiply-add s = Ā s + B̄ u is
+    # 4 real multiplies + 4 adds; the rotating frame trades it for a real decay on both parts.)
+    # Per channel: k v^T 1, D skip 2. Per head, mode and token, shared by the P^2 channels of a head and
+    # by the batch: the phase θt and its reduction 2, cos and sin 2, B̄ e^{-iθt} and C e^{iθt} as complex
+    # multiplies 12, the factor 2 2: 18. Ā, B̄ and the shift taps are formed once per forward, not per token.
+    matmul = 2 * block.shift_len * block.d_model + 2 * channels
+    scan = 16 * channels * modes * _padding(seq_len, min(_default_chunk(diagonal_recurrence), seq_len))
+    return matmul, scan + 6 * channels * modes + 3 * channels + 18 * h * modes
 
 
 def _chunked_scan(

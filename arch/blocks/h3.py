@@ -1,16 +1,42 @@
-"""H3 (Fu et al. 2023, "Hungry Hungry Hippos: Towards Language Modeling with State Space Models").
+"""H3 (Fu et al. 2023, "Hungry Hungry Hippos: Towards Language Modeling with State Space Models"),
+as in the authors' code (HazyResearch/H3 src/models/ssm/{h3,ss_kernel,ss_kernel_diag,ss_kernel_shift,dplr}.py,
+``mode='diag', measure='diag-lin'``). Per token, with heads of head_dim P (H = d_model / P heads):
 
-    q, k, v = W_q x, W_k x, W_v x                                  (heads of head_dim P)
-    k~ = SSM_shift(k)   = causal_conv1d_K(k)                       (a shift SSM is a learned K-tap conv)
-    u  = k~ v^T per head, [H, P, P] channels                       (P = 1: elementwise k~ * v)
-    s_t = a ⊙ s_{t-1} + (1 - a) ⊙ u_t,   y_t = sum_n C_n s_{t,n} + D ⊙ u_t   (SSM_diag, N states/channel)
-    o  = q y per head  -> out_proj
+    q, k, v = W_q x, W_k x, W_v x
+    k~_t = sum_{j<N_s} kappa_j k_{t-j} + D_s ⊙ k_t        shift SSM: x_t = shift(x_{t-1}) + B_s k_t, out C_s x_t,
+                                                           i.e. an N_s-tap causal conv, kappa_j = sum_m B_s[m] C_s[m+j]
+    u_t = k~_t v_t^T per head, [H, P, P] channels       (P = 1: elementwise k~ ⊙ v)
+    s_t = Ā ⊙ s_{t-1} + B̄ u_t                          diagonal SSM, N/2 complex modes per channel
+    y_t = 2 Re(sum_n C_n s_{t,n}) + D ⊙ u_t
+    o_t = q_t y_t per head  -> out_proj
 
-SSM_diag is S4D-real with a = exp(-dt * A_n), A_n = n (1..N), dt ~ logU[dt_min, dt_max] per channel.
-Its input matrix B is folded into C (for a diagonal SSM of a scalar input only B_n C_n matters) and
-the input is scaled by 1 - a (the zero-order hold of B = A), so every state is an exponential
-moving average of u. Decode state: the shift conv's last K-1 keys [B, H P, K-1] and the diagonal
-state [B, H P P, N].
+The diagonal SSM is S4D-Lin with the bilinear discretisation, per head h and mode n = 0..N/2-1
+(its parameters are shared by the P x P channels of a head, as the reference's kernel is):
+
+    A_n = -exp(log_A_real) + i A_imag,   init Re A = -1/2, Im A = pi n
+    Δ = exp(log_dt),  log_dt ~ U[ln dt_min, ln dt_max]
+    Ā = (1 + ΔA/2) / (1 - ΔA/2),   B̄ = B Δ / (1 - ΔA/2),   B = 1 (complex), C ~ complex randn
+
+(the reference's convolution kernel K_l = 2 Re sum_n C_n B̄_n Ā_n^l is the impulse response of this
+recurrence). The shift SSM has B_s = e_1 and C_s ~ kaiming_uniform(a=sqrt 5) at initialisation, so
+kappa = C_s; both stay trainable, as in the reference. D, D_s ~ randn. Δ, A, B and B_s carry no
+weight decay (the reference's ``OptimModule.register``); C, C_s, D, D_s are ordinary parameters.
+
+The complex recurrence runs on the shared real scan (`arch.ops.diagonal_recurrence`) in a rotating
+frame: with Ā = r e^{iθ} constant in time and t counted from the call's first token (g_0 = s_0, the
+state it continues from), g_t = e^{-iθt} s_t obeys g_t = r g_{t-1} + e^{-iθt} B̄ u_t,
+a real decay acting on the real and imaginary parts alike, and y_t = 2 Re(sum_n C_n e^{iθ_n t} g_{t,n}).
+The phases θt are reduced mod 2π in float64, so the rotations stay exact to rounding at any length.
+
+Decode state: the shift conv's last N_s - 1 keys [B, d_model, N_s - 1] and the diagonal state s_T
+as (re, im) pairs [B, H, P P, N/2, 2] (2 real numbers per complex one); N_s = d_state unless
+``shift_len`` is set (an option the reference does not have). Departures from the reference, none of
+which changes the function, only the arithmetic: the forward is a recurrent scan rather than an FFT
+convolution with the kernel K (O(T N) work and a [B, T, H P P, N] activation instead of O(T log T));
+W_q, W_k, W_v are one fused Linear (same initialisation distribution); the heads' outputs are
+concatenated head-major (the reference interleaves them: a fixed permutation of out_proj's inputs);
+the shift conv runs in the input's dtype (the reference's FFT runs in float32; the diagonal SSM here
+accumulates in float32).
 """
 
 from __future__ import annotations
@@ -20,20 +46,23 @@ import math
 import torch
 from torch import nn
 
-from arch.blocks.init import s4d_real_log_A
+from arch.blocks.init import no_weight_decay
 from arch.ops import causal_conv1d, diagonal_recurrence
+from arch.ops.backend import accumulation_dtype
 
 
 class H3(nn.Module):
-    """H3 mixer (module docstring). ``head_dim`` 1 is the paper's default (channels are elementwise)."""
+    """H3 mixer (module docstring). ``head_dim`` 1 is the paper's default (channels are elementwise);
+    ``d_state`` N is the diagonal SSM's real state size (N/2 complex modes) and, unless ``shift_len``
+    says otherwise, the shift SSM's number of taps, as in the reference."""
 
     def __init__(
         self,
         d_model: int,
         layer_idx: int = 0,
         head_dim: int = 1,
-        d_state: int = 16,
-        shift_len: int = 4,
+        d_state: int = 64,
+        shift_len: int | None = None,
         dt_min: float = 1e-3,
         dt_max: float = 1e-1,
         backend: str = "auto",
@@ -41,55 +70,99 @@ class H3(nn.Module):
         super().__init__()
         if d_model % head_dim:
             raise ValueError(f"d_model={d_model} must be a multiple of head_dim={head_dim}")
-        self.n_heads, self.head_dim, self.d_state, self.shift_len = d_model // head_dim, head_dim, d_state, shift_len
+        if d_state % 2:
+            raise ValueError(f"d_state={d_state} must be even (N/2 complex modes)")
+        self.d_model, self.n_heads, self.head_dim, self.d_state = d_model, d_model // head_dim, head_dim, d_state
+        self.modes, self.shift_len = d_state // 2, d_state if shift_len is None else shift_len
         self.channels = self.n_heads * head_dim * head_dim
         self.dt_min, self.dt_max, self.backend = dt_min, dt_max, backend
         self.qkv_proj = nn.Linear(d_model, 3 * d_model)
-        self.shift_weight = nn.Parameter(torch.empty(d_model, shift_len))
-        self.log_dt = nn.Parameter(torch.empty(self.channels))
-        self.A_log = nn.Parameter(torch.empty(self.channels, d_state))
-        self.C = nn.Parameter(torch.empty(self.channels, d_state))
-        self.D = nn.Parameter(torch.empty(self.channels))
+        self.shift_B = nn.Parameter(torch.empty(d_model, self.shift_len))
+        self.shift_C = nn.Parameter(torch.empty(d_model, self.shift_len))
+        self.shift_D = nn.Parameter(torch.empty(d_model))
+        self.log_dt = nn.Parameter(torch.empty(self.n_heads))
+        self.log_A_real = nn.Parameter(torch.empty(self.n_heads, self.modes))
+        self.A_imag = nn.Parameter(torch.empty(self.n_heads, self.modes))
+        self.B = nn.Parameter(torch.empty(self.n_heads, self.modes, 2))  # complex, as (re, im)
+        self.C = nn.Parameter(torch.empty(self.n_heads, self.modes, 2))
+        self.D = nn.Parameter(torch.empty(self.n_heads))
         self.out_proj = nn.Linear(d_model, d_model)
+        no_weight_decay(self.shift_B, self.log_dt, self.log_A_real, self.A_imag, self.B)
         self.init_weights()
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        nn.init.normal_(self.shift_weight, std=self.shift_len**-0.5)
+        self.shift_B.zero_()[:, 0] = 1.0
+        nn.init.kaiming_uniform_(self.shift_C, a=math.sqrt(5))
+        self.shift_D.normal_()
         self.log_dt.uniform_(math.log(self.dt_min), math.log(self.dt_max))
-        self.A_log.copy_(s4d_real_log_A(self.channels, self.d_state))
-        nn.init.normal_(self.C, std=self.d_state**-0.5)
-        nn.init.ones_(self.D)
+        self.log_A_real.fill_(math.log(0.5))
+        self.A_imag.copy_(math.pi * torch.arange(self.modes, dtype=torch.float32).expand(self.n_heads, -1))
+        self.B.copy_(torch.tensor([1.0, 0.0]))
+        self.C.normal_(std=0.5**0.5)  # torch.randn(cfloat): real and imaginary parts N(0, 1/2)
+        self.D.normal_()
+
+    def shift_kernel(self) -> torch.Tensor:
+        """Taps of the shift SSM plus its skip, in `causal_conv1d`'s order (last tap = current token):
+        w[:, K-1-j] = kappa_j = sum_m B_s[m] C_s[m+j], and D_s added to the current tap. [d_model, K]."""
+        K = self.shift_len
+        windows = nn.functional.pad(self.shift_C, (0, K - 1)).unfold(-1, K, 1)  # [d, K, K]: C_s[j : j+K]
+        kappa = (windows * self.shift_B.unsqueeze(1)).sum(-1)
+        return (kappa + nn.functional.pad(self.shift_D.unsqueeze(-1), (0, K - 1))).flip(-1)
+
+    def discretize(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Ā, B̄), complex [H, N/2]: the bilinear discretisation of S4D-Lin (module docstring)."""
+        A = torch.complex(-torch.exp(self.log_A_real), self.A_imag)
+        dt = torch.exp(self.log_dt).unsqueeze(-1)
+        denominator = 1 - dt * A / 2
+        return (1 + dt * A / 2) / denominator, torch.view_as_complex(self.B) * dt / denominator
+
+    def _diagonal_ssm(self, u: torch.Tensor, state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """y_t = 2 Re(sum_n C_n s_{t,n}) with s_t = Ā s_{t-1} + B̄ u_t, in the rotating frame of the module
+        docstring. u [B, T, H, P P] -> y (without D u) [B, T, H, P P] in the accumulation dtype and s_T
+        [B, H, P P, N/2, 2]."""
+        batch, length = u.shape[:2]
+        acc = accumulation_dtype(u, self.C)
+        A_bar, B_bar = self.discretize()
+        log_r, theta = torch.log(A_bar).real, torch.angle(A_bar)
+        t = torch.arange(1, length + 1, dtype=torch.float64, device=u.device)
+        phase = torch.remainder(theta.double() * t[:, None, None], 2 * math.pi).to(theta.dtype)  # [T, H, N/2]
+        rotation = torch.polar(torch.ones_like(phase), phase)  # e^{iθt}
+        b_in = torch.view_as_real(B_bar * rotation.conj()).to(acc)  # [T, H, N/2, 2]
+        C_t = 2 * torch.view_as_complex(self.C) * rotation
+        c_out = torch.stack([C_t.real, -C_t.imag], -1).to(acc)  # 2 Re(C_t g) = sum over (re, im) of c_out ⊙ g
+        b = u.to(acc)[..., None, None] * b_in[:, :, None]  # [B, T, H, P P, N/2, 2]
+        g, g_last = diagonal_recurrence(log_r.to(acc)[:, None, :, None].expand_as(b), b, initial_state=state)
+        y = (g * c_out[:, :, None]).sum((-2, -1))
+        s_last = torch.view_as_complex(g_last.contiguous()) * rotation[-1][:, None]
+        return y, torch.view_as_real(s_last).to(acc)
 
     def _mix(self, x: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict]:
-        batch, length, _ = x.shape
         q, k, v = self.qkv_proj(x).chunk(3, dim=-1)
-        k, conv_state = causal_conv1d(
-            k, self.shift_weight, initial_state=None if state is None else state["shift"], backend=self.backend
+        k, shift_state = causal_conv1d(
+            k, self.shift_kernel(), initial_state=None if state is None else state["shift"], backend=self.backend
         )
         heads = (self.n_heads, self.head_dim)
         q, k, v = (t.unflatten(-1, heads) for t in (q, k, v))
-        u = (k.unsqueeze(-1) * v.unsqueeze(-2)).flatten(2)  # [B, T, H P P]
-        log_a = -torch.exp(self.log_dt).unsqueeze(-1) * torch.exp(self.A_log)  # [channels, N]
-        s, ssm_state = diagonal_recurrence(
-            log_a.expand(batch, length, -1, -1), -torch.expm1(log_a) * u.unsqueeze(-1),
-            initial_state=None if state is None else state["ssm"],
-        )
-        y = (s * self.C).sum(-1) + self.D * u
-        o = (q.unsqueeze(-2) @ y.unflatten(-1, (*heads, self.head_dim))).flatten(2)
-        return self.out_proj(o), {"shift": conv_state, "ssm": ssm_state}
+        u = (k.unsqueeze(-1) * v.unsqueeze(-2)).flatten(-2)  # [B, T, H, P P]
+        y, ssm_state = self._diagonal_ssm(u, None if state is None else state["ssm"])
+        y = (y + self.D.to(y.dtype)[:, None] * u).to(x.dtype)
+        o = (q.unsqueeze(-2) @ y.unflatten(-1, (self.head_dim, self.head_dim))).flatten(2)
+        return self.out_proj(o), {"shift": shift_state, "ssm": ssm_state}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._mix(x, None)[0]
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> dict:
+        acc = accumulation_dtype(torch.empty(0, dtype=dtype))
         return {
-            "shift": torch.zeros(batch_size, self.n_heads * self.head_dim, self.shift_len - 1, device=device, dtype=dtype),
-            "ssm": torch.zeros(batch_size, self.channels, self.d_state, device=device, dtype=dtype),
+            "shift": torch.zeros(batch_size, self.d_model, self.shift_len - 1, device=device, dtype=dtype),
+            "ssm": torch.zeros(batch_size, self.n_heads, self.head_dim**2, self.modes, 2, device=device, dtype=acc),
         }
 
     def step(self, x: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
         return self._mix(x, state)
 
     def state_size(self, seq_len: int) -> int:
-        return self.n_heads * self.head_dim * (self.shift_len - 1) + self.channels * self.d_state
+        """Shift keys d_model (N_s - 1), and H P^2 N/2 complex numbers counted as 2 real numbers each."""
+        return self.d_model * (self.shift_len - 1) + self.channels * self.d_state
