@@ -9,9 +9,16 @@ RG-LRU, per channel (gates block-diagonal over n_heads blocks):
     log a_t = -c * r_t * softplus(Lambda)                     (c = 8)
     h_t = a_t * h_{t-1} + sqrt(1 - a_t^2) * (i_t * x_t)
 
-The base decay a = exp(-softplus(Lambda)) is initialised uniform in a^2 in [min_rad^2, max_rad^2]
-([0.9, 0.999] in a), so a_t = a^(c r_t). The derivative of sqrt(1 - a_t^2) is clipped at 1000 (it
-diverges as a_t -> 1). Decode state: the conv's last k-1 inputs [B, d_rnn, k-1] and h [B, d_rnn].
+At the first position of a sequence (recurrentgemma's segment_pos == 0) the recurrence resets:
+a_0 = 0 and the multiplier is 1, so h_0 = i_0 * x_0 whatever came before; in the forward pass
+without a state and in the first ``step`` of a decode (state h None: no history yet).
+
+Initialisation (google-deepmind/recurrentgemma `recurrentgemma/torch/layers.py`): the base decay
+a = exp(-softplus(Lambda)) uniform in a^2 in [min_rad^2, max_rad^2] ([0.9, 0.999] in a), so
+a_t = a^(c r_t); the gates' block-diagonal weights N(0, 1 / head_dim), biases 0; the depthwise conv
+(Conv1D) w ~ N(0, 0.01 / k) (std 0.05 at k = 4), bias 0. The derivative of sqrt(1 - a_t^2) is clipped
+at 1000 (it diverges as a_t -> 1). No weight decay on Lambda, the gates' biases and the conv.
+Decode state: the conv's last k-1 inputs [B, d_rnn, k-1] and h [B, d_rnn] (None before the first token).
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arch.blocks.init import init_depthwise_conv_, inverse_softplus
+from arch.blocks.init import init_depthwise_conv_normal_, inverse_softplus, no_weight_decay
 from arch.ops import causal_conv1d, diagonal_recurrence
 
 
@@ -59,6 +66,7 @@ class RGLRUBlock(nn.Module):
         min_rad: float = 0.9,
         max_rad: float = 0.999,
         max_sqrt_grad: float = 1000.0,
+        conv_variance_scale: float = 0.01,
         backend: str = "auto",
     ):
         super().__init__()
@@ -67,6 +75,7 @@ class RGLRUBlock(nn.Module):
             raise ValueError(f"d_rnn={self.d_rnn} must be a multiple of n_heads={n_heads}")
         self.n_heads, self.head_dim, self.d_conv = n_heads, self.d_rnn // n_heads, d_conv
         self.c, self.min_rad, self.max_rad, self.max_sqrt_grad, self.backend = c, min_rad, max_rad, max_sqrt_grad, backend
+        self.conv_variance_scale = conv_variance_scale
         self.y_proj = nn.Linear(d_model, self.d_rnn)
         self.x_proj = nn.Linear(d_model, self.d_rnn)
         self.conv_weight = nn.Parameter(torch.empty(self.d_rnn, d_conv))
@@ -76,12 +85,12 @@ class RGLRUBlock(nn.Module):
         self.gate_bias = nn.Parameter(torch.empty(2, n_heads, self.head_dim))
         self.Lambda = nn.Parameter(torch.empty(self.d_rnn))
         self.out_proj = nn.Linear(self.d_rnn, d_model)
+        no_weight_decay(self.conv_weight, self.conv_bias, self.gate_bias, self.Lambda)
         self.init_weights()
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        init_depthwise_conv_(self.conv_weight)
-        nn.init.zeros_(self.conv_bias)
+        init_depthwise_conv_normal_(self.conv_weight, self.conv_bias, self.conv_variance_scale)
         nn.init.normal_(self.gate_weight, std=self.head_dim**-0.5)
         nn.init.zeros_(self.gate_bias)
         a_squared = torch.empty(self.d_rnn).uniform_(self.min_rad**2, self.max_rad**2)
@@ -93,11 +102,14 @@ class RGLRUBlock(nn.Module):
         return torch.exp(-F.softplus(self.Lambda))
 
     def _rg_lru(self, x: torch.Tensor, h0: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """RG-LRU over x [B, T, d_rnn] from h0 [B, d_rnn]; h0 None: x starts the sequence (reset at t = 0)."""
         xh = x.unflatten(-1, (self.n_heads, self.head_dim))
         gate_logits = torch.einsum("bthi,ghij->gbthj", xh, self.gate_weight) + self.gate_bias[:, None, None]
         gate_x, gate_a = torch.sigmoid(gate_logits).flatten(-2).unbind(0)
         log_a = -self.c * gate_a * F.softplus(self.Lambda)
         multiplier = sqrt_bounded_derivative(-torch.expm1(2 * log_a), self.max_sqrt_grad)  # sqrt(1 - a^2)
+        if h0 is None:  # segment_pos == 0: a_0 = 0 (nothing to carry) and multiplier 1
+            multiplier = torch.cat([torch.ones_like(multiplier[:, :1]), multiplier[:, 1:]], dim=1)
         return diagonal_recurrence(log_a, multiplier * gate_x * x, initial_state=h0)
 
     def _mix(self, x: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict]:
@@ -114,7 +126,7 @@ class RGLRUBlock(nn.Module):
     def init_state(self, batch_size: int, device=None, dtype=None) -> dict:
         return {
             "conv": torch.zeros(batch_size, self.d_rnn, self.d_conv - 1, device=device, dtype=dtype),
-            "h": torch.zeros(batch_size, self.d_rnn, device=device, dtype=dtype),
+            "h": None,  # no history: the first step starts the sequence (reset)
         }
 
     def step(self, x: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:

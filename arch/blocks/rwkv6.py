@@ -20,11 +20,23 @@ token it is a sequence mixer with a decode state (the last token), not a positio
 are blocks and a preset alternates them: ``layers: [rwkv6, rwkv6_channel]``, ``mlp: null``,
 ``n_layers`` = 2 x the RWKV depth. The language model needs nothing new.
 
-Initialisation follows the official recipe, which interpolates by depth: ratio_0_to_1 =
-layer_idx / (n_layers - 1) and ratio_1_to_almost0 = 1 - layer_idx / n_layers (`arch.blocks.init.depth_ratios`). The
-language model passes ``n_layers`` to every block that takes it; a block built on its own uses 1/2
-for both. With time and channel mixes as alternate layers, layer_idx / n_layers is the RWKV block's
-own depth fraction.
+Initialisation is the official x060 recipe (BlinkDL/RWKV-LM RWKV-v5/src/model.py, whose
+``generate_init_weight`` overrides every projection matrix). Per RWKV layer l of L, with ramps
+ddd_n = n / C and n' = n / (C - 1), ratio_0_to_1 = l / (L - 1), ratio_1_to_almost0 = 1 - l / L
+(`arch.blocks.init.depth_ratios`):
+
+    mu_x = mu_w = mu_k = 1 - ddd^r1,  mu_v = 1 - ddd^r1 - 0.3 r0,  mu_r = mu_g = 1 - ddd^(r1 / 2)
+    w0 = -6 + 5 n'^(0.7 + 1.3 r0),    u_n = r0 (1 - n') + 0.1 ((n + 1) mod 3 - 1)
+    LoRA: first factors 0, second U(-0.01, 0.01);  ln_x weight ((1 + l) / L)^0.7
+    W_r, W_v orthogonal (gain 1), W_k, W_g orthogonal (gain 0.1), W_out 0
+    channel mix: mu_k = mu_r = 1 - ddd^(r1^p) (p = 1; RWKV-7's p = 4), W_k orthogonal (gain 1), W_r = W_out = 0
+
+With time and channel mixes as alternate layers, one RWKV layer spans two model layers: the presets
+set ``layer_span: 2`` so that l = layer_idx // 2 and L = n_layers // 2 (`arch.blocks.init.rwkv_depth`).
+The language model passes ``n_layers`` to every block that takes it; a block built on its own uses
+1/2 for both ratios and ln_x weight 1. Weight decay, as the reference's optimiser groups: only the
+projection matrices W_r, W_k, W_v, W_g, W_out (and the channel mix's) decay; the token-shift mixes,
+LoRA factors, w0, u and ln_x are exempt (`arch.blocks.init.no_weight_decay`).
 """
 
 from __future__ import annotations
@@ -33,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arch.blocks.init import channel_ramp, depth_ratios
+from arch.blocks.init import channel_ramp, depth_ratios, no_weight_decay, orthogonal_or_zero_, rwkv_depth, rwkv_group_norm_scale
 from arch.ops import rwkv6
 
 
@@ -48,6 +60,7 @@ class RWKV6TimeMix(nn.Module):
     state [B, H, head_dim, head_dim]."""
 
     MIXED = ("w", "k", "v", "r", "g")
+    PROJECTION_GAINS = {"r_proj": 1.0, "k_proj": 0.1, "v_proj": 1.0, "g_proj": 0.1, "out_proj": 0.0}  # generate_init_weight
 
     def __init__(
         self,
@@ -58,13 +71,15 @@ class RWKV6TimeMix(nn.Module):
         decay_rank: int = 64,
         gn_eps: float = 64e-5,
         backend: str = "auto",
+        layer_span: int = 1,
         n_layers: int | None = None,
     ):
         super().__init__()
         if d_model % head_dim:
             raise ValueError(f"d_model={d_model} must be a multiple of head_dim={head_dim}")
         self.n_heads, self.head_dim, self.backend = d_model // head_dim, head_dim, backend
-        self.depth = depth_ratios(layer_idx, n_layers)
+        layer, depth = rwkv_depth(layer_idx, n_layers, layer_span)
+        self.depth, self.group_norm_scale = depth_ratios(layer, depth), rwkv_group_norm_scale(layer, depth)
         self.mu_x = nn.Parameter(torch.empty(d_model))
         self.mu = nn.Parameter(torch.empty(len(self.MIXED), d_model))
         self.mix_down = nn.Linear(d_model, len(self.MIXED) * mix_rank, bias=False)
@@ -78,10 +93,16 @@ class RWKV6TimeMix(nn.Module):
         self.g_proj = nn.Linear(d_model, d_model, bias=False)
         self.group_norm = nn.GroupNorm(self.n_heads, d_model, eps=gn_eps)
         self.out_proj = nn.Linear(d_model, d_model, bias=False)
+        decayed = {f"{name}.weight" for name in self.PROJECTION_GAINS}
+        no_weight_decay(*(p for name, p in self.named_parameters() if name not in decayed))
         self.init_weights()
 
     @torch.no_grad()
     def init_weights(self) -> None:
+        for name, gain in self.PROJECTION_GAINS.items():
+            orthogonal_or_zero_(getattr(self, name).weight, gain)
+        self.group_norm.weight.fill_(self.group_norm_scale)
+        nn.init.zeros_(self.group_norm.bias)
         d = self.mu.shape[-1]
         ramp = channel_ramp(d)
         ratio_0_to_1, ratio_1_to_almost0 = self.depth
@@ -132,27 +153,39 @@ class RWKV6TimeMix(nn.Module):
 
 class RWKV6ChannelMix(nn.Module):
     """RWKV channel mixing (module docstring), a sequence mixer whose decode state is the last token
-    [B, d_model]. ``receptance=False`` drops the sigmoid(W_r .) gate: RWKV-7's channel mix."""
+    [B, d_model]. ``receptance=False`` drops the sigmoid(W_r .) gate and ``depth_power=4`` takes the
+    shift mix 1 - ddd^(r1^4): RWKV-7's channel mix."""
 
     def __init__(
-        self, d_model: int, layer_idx: int = 0, expansion: float = 3.5, receptance: bool = True, n_layers: int | None = None
+        self,
+        d_model: int,
+        layer_idx: int = 0,
+        expansion: float = 3.5,
+        receptance: bool = True,
+        depth_power: float = 1.0,
+        layer_span: int = 1,
+        n_layers: int | None = None,
     ):
         super().__init__()
         hidden = int(expansion * d_model)
-        self.depth = depth_ratios(layer_idx, n_layers)
+        self.depth, self.depth_power = depth_ratios(*rwkv_depth(layer_idx, n_layers, layer_span)), depth_power
         self.mu_k = nn.Parameter(torch.empty(d_model))
         self.k_proj = nn.Linear(d_model, hidden, bias=False)
         self.out_proj = nn.Linear(hidden, d_model, bias=False)
         self.mu_r = nn.Parameter(torch.empty(d_model)) if receptance else None
         self.r_proj = nn.Linear(d_model, d_model, bias=False) if receptance else None
+        no_weight_decay(*(p for p in (self.mu_k, self.mu_r) if p is not None))
         self.init_weights()
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        ramp = channel_ramp(self.mu_k.shape[0]) ** self.depth[1]  # ratio_1_to_almost0, as in the time mix
+        ramp = channel_ramp(self.mu_k.shape[0]) ** (self.depth[1] ** self.depth_power)  # ratio_1_to_almost0^p
         self.mu_k.copy_(1 - ramp)
+        orthogonal_or_zero_(self.k_proj.weight, 1.0)
+        orthogonal_or_zero_(self.out_proj.weight, 0.0)
         if self.mu_r is not None:
             self.mu_r.copy_(1 - ramp)
+            orthogonal_or_zero_(self.r_proj.weight, 0.0)
 
     def _mix(self, x: torch.Tensor, last: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         dx = token_shift(x, last) - x

@@ -16,18 +16,44 @@ layer to run puts its v there. A block used on its own (no ``shared``) has no va
 residual's parameters exist for layer_idx > 0; should such a layer still be the first RWKV-7 layer
 of a hybrid, the formula runs with v_first = v (an identity whose parameters get zero gradients).
 The channel mix is RWKV-6's
-without the receptance gate (`RWKV6ChannelMix(receptance=False)`, expansion 4); presets alternate
-``[rwkv7, rwkv7_channel]`` as for RWKV-6. Initialisation follows the official recipe, interpolated
-by depth as in `arch.blocks.rwkv6` (`arch.blocks.init.depth_ratios`).
+without the receptance gate and with the shift mix 1 - ddd^(r1^4) (`RWKV6ChannelMix(receptance=False,
+depth_power=4)`, expansion 4); presets alternate ``[rwkv7, rwkv7_channel]`` with ``layer_span: 2`` as
+for RWKV-6 (`arch.blocks.rwkv6`: l = layer_idx // 2, L = n_layers // 2).
+
+Initialisation is the official x070 recipe (BlinkDL/RWKV-LM RWKV-v7/train_temp/src/model.py,
+``RWKV_Tmix_x070`` then ``generate_init_weight``). Per RWKV layer l of L, with ddd_n = n / C,
+lin_n = n / (C - 1) - 1/2, zig_n = z |z|, z = ((n mod N) - (N - 1)/2) / ((N - 1)/2) (N = head_dim),
+r0 = l / (L - 1), r1 = 1 - l / L:
+
+    mu_r, mu_w, mu_k, mu_v, mu_a, mu_g = 1 - ddd^(r1 * (0.2, 0.9, 0.7, 0.7, 0.9, 0.2))
+    w0 = -6 + 6 (n / (C - 1))^(1 + r0^0.3) + 1/2 + 2.5 zig,   a0 = -0.19 + 0.3 zig + 0.4 lin
+    v0 = 0.73 - 0.4 lin,   k_k = 0.71 - 0.1 lin,   k_a = 1.02,   r_k = -0.04,   GroupNorm weight ((1 + l) / L)^0.7
+    LoRA (A, B): A = 0, B orthogonal with gain 0.1 (x sqrt(rank / C) when rank > C); ranks default to
+        max(32, round(f sqrt(C) / 32) * 32), f = 2.5 (w, a), 1.7 (v), 5 (g)   (`arch.blocks.init.rwkv_lora_rank`)
+    W_r, W_v orthogonal (gain 1), W_k orthogonal (gain 0.1), W_out 0
+
+Weight decay, as the reference's optimiser groups (">= 2-D .weight" decays, the rest not): only W_r,
+W_k, W_v and W_out decay; the mixes, LoRA factors, w0, a0, v0, k_k, k_a, r_k and the GroupNorm are
+exempt. The reference also trains w0 at twice the learning rate: not done here (one learning rate).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arch.blocks.init import channel_ramp, depth_ratios
+from arch.blocks.init import (
+    channel_ramp,
+    depth_ratios,
+    no_weight_decay,
+    orthogonal_or_zero_,
+    rwkv_depth,
+    rwkv_group_norm_scale,
+    rwkv_lora_rank,
+)
 from arch.blocks.rwkv6 import token_shift
 from arch.ops import rwkv7
 
@@ -38,25 +64,32 @@ class RWKV7TimeMix(nn.Module):
 
     MIXED = ("r", "w", "k", "v", "a", "g")
     uses_shared = True  # reads and writes the value residual's v_first (arch.lm.Layer)
+    PROJECTION_GAINS = {"r_proj": 1.0, "k_proj": 0.1, "v_proj": 1.0, "out_proj": 0.0}  # generate_init_weight
 
     def __init__(
         self,
         d_model: int,
         layer_idx: int = 0,
         head_dim: int = 64,
-        decay_rank: int = 64,
-        a_rank: int = 64,
-        gate_rank: int = 128,
-        value_rank: int = 32,
+        decay_rank: int | None = None,
+        a_rank: int | None = None,
+        gate_rank: int | None = None,
+        value_rank: int | None = None,
         value_residual: bool = True,
         gn_eps: float = 64e-5,
+        layer_span: int = 1,
         n_layers: int | None = None,
     ):
         super().__init__()
         if d_model % head_dim:
             raise ValueError(f"d_model={d_model} must be a multiple of head_dim={head_dim}")
         self.n_heads, self.head_dim = d_model // head_dim, head_dim
-        self.depth = depth_ratios(layer_idx, n_layers)
+        layer, depth = rwkv_depth(layer_idx, n_layers, layer_span)
+        self.depth, self.group_norm_scale = depth_ratios(layer, depth), rwkv_group_norm_scale(layer, depth)
+        decay_rank = decay_rank or rwkv_lora_rank(d_model, 2.5)
+        a_rank = a_rank or rwkv_lora_rank(d_model, 2.5)
+        gate_rank = gate_rank or rwkv_lora_rank(d_model, 5.0)
+        value_rank = value_rank or rwkv_lora_rank(d_model, 1.7)
         self.mu = nn.Parameter(torch.empty(len(self.MIXED), d_model))
         self.r_proj = nn.Linear(d_model, d_model, bias=False)
         self.k_proj = nn.Linear(d_model, d_model, bias=False)
@@ -75,25 +108,34 @@ class RWKV7TimeMix(nn.Module):
         self.r_k = nn.Parameter(torch.empty(self.n_heads, head_dim))
         self.group_norm = nn.GroupNorm(self.n_heads, d_model, eps=gn_eps)
         self.out_proj = nn.Linear(d_model, d_model, bias=False)
+        decayed = {f"{name}.weight" for name in self.PROJECTION_GAINS}
+        no_weight_decay(*(p for name, p in self.named_parameters() if name not in decayed))
         self.init_weights()
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        d = self.mu.shape[-1]
+        for name, gain in self.PROJECTION_GAINS.items():
+            orthogonal_or_zero_(getattr(self, name).weight, gain)
+        d, n = self.mu.shape[-1], torch.arange(self.mu.shape[-1], dtype=torch.float32)
         ramp, (ratio_0_to_1, ratio_1_to_almost0) = channel_ramp(d), self.depth
         self.mu.copy_(torch.stack([1 - ramp ** (p * ratio_1_to_almost0) for p in (0.2, 0.9, 0.7, 0.7, 0.9, 0.2)]))
         low_rank = [(self.decay_down, self.decay_up), (self.a_down, self.a_up), (self.g_down, self.g_up)]
         for down, up in low_rank + ([(self.v_down, self.v_up)] if self.value_residual else []):
             nn.init.zeros_(down.weight)
-            nn.init.uniform_(up.weight, -0.01, 0.01)
+            rank = up.in_features  # the reference's second factor is [rank, C]: gain x sqrt(rank / C) when taller than wide
+            orthogonal_or_zero_(up.weight, 0.1 * (math.sqrt(rank / d) if rank > d else 1.0))
+        half = (self.head_dim - 1) / 2
+        z = (n % self.head_dim - half) / half
+        zigzag, linear = z * z.abs(), n / max(d - 1, 1) - 0.5
+        self.decay_up.bias.copy_(-6 + 6 * (n / max(d - 1, 1)) ** (1 + ratio_0_to_1**0.3) + 0.5 + 2.5 * zigzag)
+        self.a_up.bias.copy_(-0.19 + 0.3 * zigzag + 0.4 * linear)
         if self.value_residual:
-            nn.init.ones_(self.v_up.bias)  # v0 = 1: sigmoid(1) = 0.73 of v_first at initialisation
-        n = torch.arange(d, dtype=torch.float32) / max(d - 1, 1)
-        self.decay_up.bias.copy_(-7 + 5 * n ** (0.85 + ratio_0_to_1**0.5) + 0.5)
-        nn.init.zeros_(self.a_up.bias)
-        self.k_k.fill_(0.85)
-        self.k_a.fill_(1.0)
+            self.v_up.bias.copy_(0.73 - 0.4 * linear)
+        self.k_k.copy_(0.71 - 0.1 * linear)
+        self.k_a.fill_(1.02)
         self.r_k.fill_(-0.04)
+        self.group_norm.weight.fill_(self.group_norm_scale)
+        nn.init.zeros_(self.group_norm.bias)
 
     def log_decay(self, x_w: torch.Tensor) -> torch.Tensor:
         """-exp(w), w = -softplus(-(w0 + tanh(x_w A_w) B_w)) - 1/2: in [-e^-1/2, 0), [B, T, d_model]."""
