@@ -95,7 +95,10 @@ class LanguageModel(nn.Module):
     Initialisation: every Linear and Embedding weight ~ N(0, init_std), biases 0, norms 1; each
     residual branch's ``out_proj`` ~ N(0, init_std / sqrt(N)), N the number of residual branches
     (GPT-2's "1/sqrt(N) where N is the number of residual layers": 2 n_layers with an MLP sublayer,
-    n_layers without) so the residual stream's variance does not grow with depth; blocks with special parameters (decay rates, time
+    n_layers without) so the residual stream's variance does not grow with depth. A block whose
+    reference keeps PyTorch's default Linear init sets ``default_linear_init = True``: its Linear
+    layers are drawn U(+-1/sqrt(fan_in)) (``out_proj`` then divided by sqrt(N), as mamba_ssm's
+    ``_init_weights`` does with Kaiming-uniform). Blocks with special parameters (decay rates, time
     steps) then re-initialise them in their own ``init_weights()``.
     """
 
@@ -138,9 +141,17 @@ class LanguageModel(nn.Module):
     def reset_parameters(self) -> None:
         std = self.config.init_std
         branches = sum(1 + (layer.mlp is not None) for layer in self.layers)
+        # blocks whose reference keeps PyTorch's default Linear init (mamba_ssm's `_init_weights`)
+        default_init = {id(m) for block in self.modules() if getattr(block, "default_linear_init", False) for m in block.modules()}
         for name, module in self.named_modules():
             if isinstance(module, nn.Linear):
                 scale = 1 / math.sqrt(branches) if name.endswith("out_proj") else 1.0
+                if id(module) in default_init:
+                    module.reset_parameters()  # weight U(+-1/sqrt(fan_in))
+                    module.weight.data.mul_(scale)
+                    if module.bias is not None:
+                        nn.init.zeros_(module.bias)
+                    continue
                 nn.init.normal_(module.weight, std=std * scale)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)

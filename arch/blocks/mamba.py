@@ -34,6 +34,10 @@ class Mamba(nn.Module):
     the depthwise conv as PyTorch's Conv1d (U(+-1/sqrt(d_conv))).
     """
 
+    # mamba_ssm's `_init_weights` keeps PyTorch's default Linear init (out_proj: Kaiming-uniform over
+    # sqrt(residual branches)); the language model honours this flag instead of its N(0, init_std)
+    default_linear_init = True
+
     def __init__(
         self,
         d_model: int,

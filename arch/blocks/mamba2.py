@@ -31,6 +31,10 @@ class Mamba2(nn.Module):
     dt ~ logU[dt_min, dt_max], the depthwise conv as PyTorch's Conv1d (U(+-1/sqrt(d_conv))).
     """
 
+    # mamba_ssm's `_init_weights` keeps PyTorch's default Linear init (out_proj: Kaiming-uniform over
+    # sqrt(residual branches)); the language model honours this flag instead of its N(0, init_std)
+    default_linear_init = True
+
     def __init__(
         self,
         d_model: int,
