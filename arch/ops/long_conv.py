@@ -77,21 +77,26 @@ def long_conv(
     return y.to(u.dtype), _final_state(x, L)
 
 
-def long_conv_step(u: torch.Tensor, k: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def long_conv_step(
+    u: torch.Tensor, k: torch.Tensor, state: torch.Tensor, *, max_state: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One decode token of `long_conv`, as the direct sum y_t = sum_{j=0}^{n} k[:, j] u_{t-j} over
     the n <= L - 1 inputs held in ``state`` and the new one (O(n D), no transform).
 
     Args:
-        u: [B, 1, D]; k: [D, L]; state: the preceding inputs [B, D, n], oldest first.
+        u: [B, 1, D]; k: [D, L'], at least the n + 1 taps used (a filter computed on demand, e.g. an
+            implicit one, need not be longer); state: the preceding inputs [B, D, n], oldest first.
+        max_state: the most inputs the state keeps, L - 1 of the whole filter (default: k's L' - 1).
 
     Returns:
-        y [B, 1, D] in u's dtype, and the state with u appended, cut to its last L - 1 inputs.
+        y [B, 1, D] in u's dtype, and the state with u appended, cut to its last max_state inputs.
     """
     window = torch.cat([state.to(u.dtype), u.transpose(1, 2)], dim=2)  # [B, D, n + 1]
     n1 = window.shape[2]
     dtype = accumulation_dtype(u, k)
     y = (window.to(dtype) * k[:, :n1].flip(1).to(dtype)).sum(2)  # tap j meets input t - j
-    return y.unsqueeze(1).to(u.dtype), _final_state(window.transpose(1, 2), k.shape[1])
+    keep = k.shape[1] - 1 if max_state is None else max_state
+    return y.unsqueeze(1).to(u.dtype), _final_state(window.transpose(1, 2), keep + 1)
 
 
 def long_conv_naive(

@@ -97,3 +97,12 @@ def test_fft_length_is_the_next_5_smooth_number(n):
     assert m == 1
     smooth = [x for x in range(n, _fft_length(n) + 1) if _fft_length(x) == x]
     assert smooth[0] == _fft_length(n)
+
+
+def test_decode_step_needs_only_the_taps_it_uses_when_told_the_filter_length():
+    u, k, _ = make_inputs(12, 8)
+    state = u.new_zeros(B, D, 0)
+    for t in range(12):
+        y_t, state = long_conv_step(u[:, t : t + 1], k[:, : state.shape[2] + 1], state, max_state=7)
+        torch.testing.assert_close(y_t[:, 0], long_conv(u[:, : t + 1], k)[0][:, -1], rtol=1e-10, atol=1e-10)
+    assert state.shape == (B, D, 7)
