@@ -23,7 +23,7 @@ from collections.abc import Callable
 from torch import nn
 
 from arch.blocks.attention import Attention
-from arch.blocks.base_conv import BaseConv
+from arch.blocks.base_conv import BaseConv, ZoologyBaseConv
 from arch.blocks.gla import GLA
 from arch.blocks.griffin import RGLRUBlock
 from arch.blocks.h3 import H3
@@ -36,6 +36,7 @@ from arch.blocks.rwkv6 import RWKV6ChannelMix, RWKV6TimeMix
 from arch.blocks.rwkv7 import RWKV7TimeMix
 from arch.ops import diagonal_recurrence, rwkv6, rwkv7
 from arch.ops.gla import _block_sizes, _chunk
+from arch.ops.long_conv import _fft_length
 
 
 def _mean_context(seq_len: int, window: int | None) -> float:
@@ -181,6 +182,23 @@ def _base_conv(block: BaseConv, seq_len: int) -> tuple[float, float]:
     return 2 * block.kernel_size * d, 4 * d
 
 
+def _zoology_base_conv(block: ZoologyBaseConv, seq_len: int) -> tuple[float, float]:
+    d = block.d_model
+    if block.kernel_size > 0:
+        # matmul-like: depthwise conv 2 K d; elementwise: conv bias 1, gate 1, residual 1
+        return 2 * block.kernel_size * d, 3 * d
+    # The long conv by FFT, counted per sequence (a batch of one: the filter and its transform are
+    # shared by a batch) and divided by T. FFTs are invisible to FlopCounterMode, so they sit in the
+    # elementwise part: ~2.5 n log2 n real FLOPs per real transform of n points (half of a complex
+    # radix-2 FFT's 5 n log2 n), three transforms per channel (inputs, filter, inverse), and 6 per
+    # complex product of the n/2 + 1 bins. The implicit filter's Linears are counted per token by
+    # the Linear rule (T positions per sequence); its ReLU d_hidden per position. Then the skip,
+    # the gate and the residual, 1 each per channel.
+    n = _fft_length(seq_len + min(seq_len, block.l_max) - 1)
+    per_sequence = d * (3 * 2.5 * n * math.log2(n) + 6 * (n // 2 + 1))
+    return 0.0, per_sequence / seq_len + (block.d_hidden or 0) + 3 * d
+
+
 def _gla(block: GLA, seq_len: int) -> tuple[float, float]:
     scan, scan_elementwise = _chunked_scan(block.n_heads, block.head_k, block.head_v, seq_len, block.chunk_size, "vector")
     # elementwise: logsigmoid and the normaliser 2 key_dim; silu output gate and product 3 value_dim
@@ -218,6 +236,7 @@ _SPLIT_FLOPS: dict[type, Callable[[nn.Module, int], tuple[float, float]]] = {
     RWKV7TimeMix: _rwkv7_time,
     LinearAttention: _linear_attention,
     BaseConv: _base_conv,
+    ZoologyBaseConv: _zoology_base_conv,
     GLA: _gla,
     RetNet: _retnet,
     HGRN2: _hgrn2,

@@ -17,7 +17,8 @@ CamelCase. Files that hold a family, and the presets named after a model rather 
 
     conf/block/<name>.yaml   file                  class              model presets using it
     attention                attention.py          Attention          transformer, based (swa), griffin, samba, h3, jamba
-    base_conv                base_conv.py          BaseConv           base_conv, based
+    base_conv                base_conv.py          BaseConv           based, based_tradeoff (Based's gated short conv)
+    zoology_base_conv        base_conv.py          ZoologyBaseConv    base_conv, zoology_fig2 (Zoology's BaseConv)
     gla                      gla.py                GLA                gla
     h3                       h3.py                 H3                 h3
     hgrn2                    hgrn2.py              HGRN2              hgrn2

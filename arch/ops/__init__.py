@@ -4,6 +4,7 @@ one is importable (see `arch.ops.backend`). Import ops from here: ``from arch.op
 
     gla               gated_linear_attention, gated_linear_attention_naive, gla_step (one decode token)
     linear_attention  linear_attention, linear_attention_naive, taylor_feature_map
+    long_conv         long_conv (FFT), long_conv_naive, long_conv_step (one decode token)
     rwkv6             rwkv6, rwkv6_naive
     rwkv7             rwkv7, rwkv7_naive
     scan              diagonal_recurrence, diagonal_recurrence_naive, selective_scan, selective_scan_naive
@@ -15,6 +16,7 @@ one is importable (see `arch.ops.backend`). Import ops from here: ``from arch.op
 from arch.ops.attention import causal_attention
 from arch.ops.gla import gated_linear_attention, gated_linear_attention_naive, gla_step
 from arch.ops.linear_attention import linear_attention, linear_attention_naive, taylor_feature_map
+from arch.ops.long_conv import long_conv, long_conv_naive, long_conv_step
 from arch.ops.rope import rotary_embedding
 from arch.ops.rwkv6 import rwkv6, rwkv6_naive
 from arch.ops.rwkv7 import rwkv7, rwkv7_naive
@@ -32,6 +34,9 @@ __all__ = [
     "gla_step",
     "linear_attention",
     "linear_attention_naive",
+    "long_conv",
+    "long_conv_naive",
+    "long_conv_step",
     "rotary_embedding",
     "rwkv6",
     "rwkv6_naive",
