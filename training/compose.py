@@ -7,6 +7,8 @@ Importing this module registers, once per process:
   passed explicitly);
 - ``${div:a,b}`` = a / b, for settings that scale with another, e.g. a learning rate per width:
   ``optim.lr: ${div:0.192,${model.d_model}}`` (3e-3 at d_model 64, 1.5e-3 at 128);
+- ``${slice_len:L128_K8}`` = 128, the sequence length of an MQAR slice name, for sizes that follow
+  a grid cell's L (``l_max: ${slice_len:${data.slice}}``, as Zoology sets filter lengths to L);
 - the config nodes whose defaults live in code (written once, there): ``schema/model``
   (`arch.lm.ModelConfig`), ``schema/optim``, ``schema/schedule`` and ``debug/default``
   (`training.config`), which presets extend (``defaults: [/schema@_here_: model]``), and one
@@ -30,6 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from arch.config import signature_fields
 from arch.lm import ModelConfig
+from data.mqar import parse_slice
 from training import callbacks
 from training.config import CALLBACK_OFFERED, DebugConfig, OptimConfig, ScheduleConfig
 
@@ -38,6 +41,7 @@ RUN_UID = uuid.uuid4().hex[:6]
 
 OmegaConf.register_new_resolver("uid", lambda: RUN_UID, replace=True)
 OmegaConf.register_new_resolver("div", lambda a, b: float(a) / float(b), replace=True)
+OmegaConf.register_new_resolver("slice_len", lambda name: parse_slice(name)[0], replace=True)
 
 _store = ConfigStore.instance()
 for _group, _name, _schema in (

@@ -5,7 +5,7 @@ numbers in the order the blocks always did, so a seed gives the same parameters)
                                                                         Mamba, Mamba-2; Griffin's weight)
     softplus^-1        softplus^-1(y) = y + log(1 - exp(-y))          (Mamba's dt bias, Griffin's Lambda)
     dt bias            dt ~ logU[dt_min, dt_max] clamped at 1e-4, bias = softplus^-1(dt)   (Mamba, Mamba-2)
-    S4D-real A         A_n = n, n = 1..N, stored as log A               (Mamba, H3)
+    S4D-real A         A_n = n, n = 1..N, stored as log A               (Mamba)
     RWKV depth ratios  ratio_0_to_1 = l / (L - 1), ratio_1_to_almost0 = 1 - l / L   (RWKV-6, RWKV-7)
     RWKV depth         (l, L) = (layer_idx // span, n_layers // span): the RWKV layer of a model layer
     RWKV channel ramp  n / d, n = 0..d-1                                (RWKV-6, RWKV-7)
