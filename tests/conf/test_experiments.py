@@ -23,8 +23,8 @@ PAIRS = {"zoology_fig2": ["zoology_fig2", "zoology_fig2_cpu"], "based_tradeoff":
 GRIDS = {
     "zoology_fig2": ("mqar/zoology_fig2", 4 * 4 * 4 * 4),
     "zoology_fig2_cpu": ("mqar/zoology_fig2_cpu", 3 * 2 * 3),
-    "based_tradeoff": ("mqar/based_tradeoff", 5 * 3 * 4),
-    "based_tradeoff_cpu": ("mqar/based_tradeoff_cpu", 4 * 2),
+    "based_tradeoff": ("mqar/based_tradeoff", 12 * 3 * 4),  # 12 arms (conf/based_arm) x d_model x lr
+    "based_tradeoff_cpu": ("mqar/based_tradeoff_cpu", 11),  # the arms without GLA, at d_model 64
     "scaling_cpu": ("scaling/scaling_cpu", 6 * 3),
 }
 TRAINERS = {"zoology_fig2": "gpu", "zoology_fig2_cpu": "cpu", "based_tradeoff": "gpu", "based_tradeoff_cpu": "cpu"}
