@@ -11,7 +11,7 @@ from arch.blocks.base_conv import BaseConv
 from arch.blocks.linear_attention import LinearAttention
 from arch.lm import LanguageModel
 from arch.ops.short_conv import causal_conv1d_naive
-from tests.helpers.properties import assert_decode_matches_forward
+from tests.helpers.properties import assert_decode_matches_forward, assert_model_decode_matches_forward
 from training.compose import compose
 
 D = 32
@@ -54,10 +54,4 @@ def test_based_preset_decodes_token_by_token_like_its_forward():
     model = LanguageModel.from_config(preset("based", "model.d_model=64", "model.n_layers=5"), vocab_size=50).double().eval()
     ids = torch.randint(0, 50, (2, 20))
     with torch.no_grad():
-        full = model(ids)
-        state = model.init_state(2)
-        stepped = []
-        for t in range(ids.shape[1]):
-            logits, state = model.step(ids[:, t : t + 1], state)
-            stepped.append(logits)
-    torch.testing.assert_close(torch.cat(stepped, 1), full, rtol=1e-8, atol=1e-8)
+        assert_model_decode_matches_forward(model, ids, rtol=1e-8, atol=1e-8)

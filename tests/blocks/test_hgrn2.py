@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from arch.blocks.hgrn2 import HGRN2, lower_bounds
 from arch.ops.gla import gated_linear_attention_naive
-from tests.helpers.properties import assert_decode_matches_forward
+from tests.helpers.properties import assert_decode_matches_forward, assert_model_decode_matches_forward
 
 D = 32
 
@@ -88,12 +88,7 @@ def test_hgrn2_decode_uses_the_same_learned_bounds_as_the_forward():
     with torch.no_grad():
         model.layers[0].mixer.lower_bound_logits.normal_(std=2.0)
     ids = torch.randint(0, 40, (2, 11))
-    full = model(ids)
-    state, steps = model.init_state(2), []
-    for t in range(11):
-        logits, state = model.step(ids[:, t : t + 1], state)
-        steps.append(logits)
-    torch.testing.assert_close(torch.cat(steps, 1), full)
+    assert_model_decode_matches_forward(model, ids)
 
 
 def test_hgrn2_later_layer_without_the_table_says_where_it_comes_from():

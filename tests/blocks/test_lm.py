@@ -3,6 +3,7 @@ import torch
 
 from arch.config import ConfigError
 from arch.lm import LanguageModel
+from tests.helpers.properties import assert_model_decode_matches_forward
 
 BLOCKS = {
     "attention": {"_target_": "arch.blocks.attention.Attention", "n_heads": 4},
@@ -59,13 +60,7 @@ def test_mlp_less_stacks_scale_by_their_one_branch_per_layer(mlp):
 def test_lm_decode_matches_forward(kw):
     model = lm(layers=["attention", "swa"], **kw).double()
     ids = torch.randint(0, 50, (2, 10))
-    full = model(ids)
-    state = model.init_state(2)
-    steps = []
-    for t in range(10):
-        logits, state = model.step(ids[:, t : t + 1], state)
-        steps.append(logits)
-    torch.testing.assert_close(torch.cat(steps, 1), full)
+    assert_model_decode_matches_forward(model, ids)
 
 
 def test_identity_mlp_means_no_channel_sublayer():

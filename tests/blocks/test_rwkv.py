@@ -5,7 +5,7 @@ import torch
 
 from arch.blocks.rwkv6 import RWKV6ChannelMix, RWKV6TimeMix, token_shift
 from arch.blocks.rwkv7 import RWKV7TimeMix
-from tests.helpers.properties import assert_decode_matches_forward
+from tests.helpers.properties import assert_decode_matches_forward, assert_model_decode_matches_forward
 
 D = 32
 
@@ -118,12 +118,7 @@ def test_rwkv7_value_residual_decodes_like_the_forward_through_the_model():
         with torch.no_grad():
             p.add_(0.05 * torch.randn_like(p))
     ids = torch.randint(0, 40, (2, 11))
-    full = model(ids)
-    state, steps = model.init_state(2), []
-    for t in range(11):
-        logits, state = model.step(ids[:, t : t + 1], state)
-        steps.append(logits)
-    torch.testing.assert_close(torch.cat(steps, 1), full)
+    assert_model_decode_matches_forward(model, ids)
     model(ids).sum().backward()
     assert model.layers[2].mixer.v_up.weight.grad.abs().sum() > 0
 

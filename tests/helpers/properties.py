@@ -44,3 +44,14 @@ def assert_decode_matches_forward(block, d_model: int, T: int = 24, dtype=torch.
         stepped, state = decode(block, x)
     torch.testing.assert_close(stepped, full, rtol=1e-9, atol=1e-9)
     assert state_numel(state) == 2 * block.state_size(T), (state_numel(state), block.state_size(T))
+
+
+def assert_model_decode_matches_forward(model, ids: torch.Tensor, **tolerances) -> None:
+    """A `LanguageModel` decoding ``ids`` [B, T] token by token (``step`` from ``init_state``)
+    gives the logits of its parallel forward."""
+    full = model(ids)
+    state, steps = model.init_state(ids.shape[0]), []
+    for t in range(ids.shape[1]):
+        logits, state = model.step(ids[:, t : t + 1], state)
+        steps.append(logits)
+    torch.testing.assert_close(torch.cat(steps, 1), full, **tolerances)
