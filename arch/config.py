@@ -117,9 +117,10 @@ def signature_fields(cls: type) -> tuple[dict[str, Any], set[str], bool]:
     return fields, required, var_kw
 
 
-def locate(target: str, where: str) -> type:
-    """Import the class named by ``_target_``, restricted to this project's and its libraries' modules."""
-    if not isinstance(target, str) or not target.startswith(ALLOWED_TARGET_PREFIXES):
+def locate(target: str, where: str, restricted: bool = True) -> type:
+    """Import the class named by ``_target_``; ``restricted`` (the default) allows only this project's
+    and its libraries' modules (a user's own callback is the one unrestricted target)."""
+    if restricted and (not isinstance(target, str) or not target.startswith(ALLOWED_TARGET_PREFIXES)):
         raise ConfigError(
             f"'{where}._target_' is {target!r}: only classes under {', '.join(ALLOWED_TARGET_PREFIXES)} may be "
             f"built from a config. Point it at a class of this project, e.g. arch.blocks.attention.Attention."
@@ -128,7 +129,8 @@ def locate(target: str, where: str) -> type:
     try:
         return getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as err:
-        raise ConfigError(f"'{where}._target_' is {target!r}, which cannot be imported ({err}).") from err
+        hint = "" if target.startswith(ALLOWED_TARGET_PREFIXES) else " Check the module is on PYTHONPATH."
+        raise ConfigError(f"'{where}._target_' is {target!r}, which cannot be imported ({err}).{hint}") from err
 
 
 def check_spec(

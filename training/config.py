@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import torch
 
-from arch.config import ALLOWED_TARGET_PREFIXES, ConfigError, bounded, build, check_spec, from_mapping, locate, signature_fields
+from arch.config import ConfigError, bounded, build, check_spec, from_mapping, locate, signature_fields
 from arch.lm import LanguageModel, ModelConfig
 
 
@@ -129,9 +129,8 @@ def validate(values: dict, run_dir: Path) -> Validated:
     check_spec(run.logger, "logger", supplied=LOGGER_SUPPLIED)
     offered = {"dirpath": str(run_dir / "checkpoints"), "run_dir": str(run_dir)}
     callbacks = []
-    for name, cls, kwargs in check_callbacks(run.callbacks):
-        fields = signature_fields(cls)[0]
-        callbacks.append(build(cls, kwargs, f"callbacks.{name}", **{k: offered[k] for k in CALLBACK_OFFERED if k in fields}))
+    for name, cls, kwargs, wanted in check_callbacks(run.callbacks):
+        callbacks.append(build(cls, kwargs, f"callbacks.{name}", **{k: offered[k] for k in wanted}))
     with torch.device("meta"):
         model = LanguageModel(dataclasses.replace(run.model, vocab_size=run.model.vocab_size or 256))
     _check_no_empty_parameters(model, run.model)
@@ -185,8 +184,9 @@ RENAMED = {
 }
 
 
-def check_callbacks(callbacks: Any) -> list[tuple[str, type, dict]]:
-    """The configured callbacks as (name, class, arguments), each checked against its signature;
+def check_callbacks(callbacks: Any) -> list[tuple[str, type, dict, list[str]]]:
+    """The configured callbacks as (name, class, arguments, the framework-offered arguments its
+    signature names), each checked against its signature;
     null entries are left out. Any importable `lightning.pytorch.Callback` subclass may be named (a
     user's own callback included), unlike other components, whose targets are restricted."""
     import lightning.pytorch as pl
@@ -208,24 +208,15 @@ def check_callbacks(callbacks: Any) -> list[tuple[str, type, dict]]:
         if not (isinstance(cls, type) and issubclass(cls, pl.Callback)):
             raise ConfigError(f"'{where}._target_' is {spec['_target_']!r}, which is not a lightning.pytorch.Callback subclass.")
         fields = signature_fields(cls)[0]
-        _, kwargs, _ = check_spec(spec, where, supplied=[n for n in CALLBACK_OFFERED if n in fields], cls=cls)
-        checked.append((name, cls, kwargs))
+        offered = [n for n in CALLBACK_OFFERED if n in fields]
+        _, kwargs, _ = check_spec(spec, where, supplied=offered, cls=cls)
+        checked.append((name, cls, kwargs, offered))
     return checked
 
 
 def _locate_callback(target: Any, where: str) -> type:
-    import importlib
-
     if not isinstance(target, str) or "." not in target:
         raise ConfigError(
             f"'{where}._target_' is {target!r}: give the full import path of a callback class, e.g. training.callbacks.Throughput."
         )
-    if target.startswith(ALLOWED_TARGET_PREFIXES):
-        return locate(target, where)
-    module_name, _, attr = target.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise ConfigError(
-            f"'{where}._target_' is {target!r}, which cannot be imported ({err}). Check the module is on PYTHONPATH."
-        ) from err
+    return locate(target, where, restricted=False)
