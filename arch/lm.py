@@ -201,6 +201,15 @@ class LanguageModel(nn.Module):
                 total[name] = total.get(name, 0) + value
         return total
 
+    def block_stats(self) -> dict[str, torch.Tensor]:
+        """Diagnostics (not losses) left by blocks in their ``stats`` dict during the last forward,
+        e.g. an MoE layer's expert load; a block puts its layer index in the names, so they are
+        unique. The trainer logs them as ``train/<name>``."""
+        stats: dict[str, torch.Tensor] = {}
+        for module in self.modules():
+            stats.update(getattr(module, "stats", {}))
+        return stats
+
     def loss(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy (nats/token) over positions whose label is not -100. The head is
         applied only at labelled positions, which makes sparse-label tasks such as MQAR cheap."""

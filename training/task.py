@@ -93,6 +93,7 @@ class LMTask(pl.LightningModule):
             "train/lr": self.trainer.optimizers[0].param_groups[0]["lr"],
         }
         metrics.update({f"train/{k}": v for k, v in aux.items()})
+        metrics.update({f"train/{k}": v.detach() for k, v in self.model.block_stats().items()})
         self.log_dict(metrics, on_step=True, prog_bar=False, batch_size=ids.shape[0])
         # averaged over processes, so the curve is the global batch's loss, as on one process
         self.log("train/loss", loss, on_step=True, sync_dist=self.trainer.world_size > 1, batch_size=ids.shape[0])
