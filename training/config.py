@@ -20,6 +20,7 @@ import torch
 
 from arch.config import ConfigError, bounded, build, check_spec, from_mapping, locate, signature_fields
 from arch.lm import LanguageModel, ModelConfig
+from training.checkpoint import CheckpointError, read_model_weights
 
 
 @dataclass
@@ -85,6 +86,7 @@ class RunConfig:
     seed: int = 0
     resume: bool = True
     budget_flops: float | None = bounded(None, gt=0)  # training FLOPs of the run; when set, it decides trainer.max_steps
+    init_from: str | None = None  # a checkpoint whose model weights start the run (fresh optimizer and schedule)
 
 
 # What the framework passes to components itself: never set in their configs.
@@ -134,6 +136,11 @@ def validate(values: dict, run_dir: Path) -> Validated:
     with torch.device("meta"):
         model = LanguageModel(dataclasses.replace(run.model, vocab_size=run.model.vocab_size or 256))
     _check_no_empty_parameters(model, run.model)
+    if run.init_from is not None:  # a missing or unreadable file is refused before anything is written
+        try:
+            read_model_weights(Path(run.init_from))
+        except CheckpointError as err:
+            raise ConfigError(str(err)) from err
     cls, kwargs, extra = check_spec(run.data, "data")
     datamodule = build(cls, kwargs, "data", **extra)
     for callback in callbacks:  # a callback that needs a kind of data says so now (e.g. an MQAR accuracy)

@@ -30,7 +30,7 @@ from arch.config import ConfigError, instantiate
 from arch.lm import LanguageModel
 from arch.ops.backend import keep_freed_memory
 from training.callbacks import FlushLogs, StepDelay, StopAfterSteps, StopAtAccuracy
-from training.checkpoint import AtomicCheckpointIO, CheckpointError, find_resume_checkpoint
+from training.checkpoint import AtomicCheckpointIO, CheckpointError, check_weights_fit, find_resume_checkpoint, read_model_weights
 from training.compose import CONF_DIR
 from training.config import RunConfig, validate
 from training.console import header, setup_console
@@ -73,6 +73,13 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         log.info("budget_flops=%.3g: %d steps", run.budget_flops, trainer_spec["max_steps"])
     max_steps = trainer_spec["max_steps"]
     task = LMTask(values["model"], vocab_size, values["optim"], values["schedule"], max_steps)
+    init_weights = None
+    if run.init_from is not None:  # the weights must fit the model (vocabulary included) before anything is written
+        init_weights = read_model_weights(Path(run.init_from))[0]
+        try:
+            check_weights_fit(init_weights, task.model, Path(run.init_from))
+        except CheckpointError as err:
+            raise ConfigError(str(err)) from err
 
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
@@ -109,6 +116,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(values))
     if ckpt_path:
         log.info("Resuming from %s", ckpt_path)
+    elif init_weights is not None:  # a fresh run starts from these weights; a resumed one from its own checkpoint
+        task.model.load_state_dict(init_weights)
+        log.info("Model weights from %s", run.init_from)
     elif trainer.is_global_zero:
         metric_keys = ["val/loss", "val/ppl"] + (["mqar/accuracy"] if getattr(datamodule, "is_recall", False) else [])
         log_hparams(logger, _flatten({k: values[k] for k in ("model", "data", "optim", "schedule", "trainer", "seed")}), metric_keys)
