@@ -31,6 +31,7 @@ from arch.blocks.hgrn2 import HGRN2
 from arch.blocks.linear_attention import LinearAttention
 from arch.blocks.mamba import Mamba
 from arch.blocks.mamba2 import Mamba2
+from arch.blocks.moe import MoE
 from arch.blocks.retnet import RetNet
 from arch.blocks.rwkv6 import RWKV6ChannelMix, RWKV6TimeMix
 from arch.blocks.rwkv7 import RWKV7TimeMix
@@ -227,6 +228,18 @@ def _mamba2(block: Mamba2, seq_len: int) -> tuple[float, float]:
     return 2 * block.d_conv * block.conv_dim + scan, scan_elementwise + 3 * block.conv_dim + 3 * h + 6 * d
 
 
+def _moe(block: MoE, seq_len: int) -> tuple[float, float]:
+    d, h, k, e = block.in_proj.in_features, block.hidden, block.top_k, block.n_experts
+    # matmul-like: each of a token's top_k experts, in_proj 2 d 2h and out_proj 2 h d (the stacked
+    # expert weights are not Linears; the router and the shared expert are); Yuan's attention router
+    # adds q k^T and A v over E x E, 2 E^2 each.
+    matmul = k * 6 * d * h + (4 * e * e if block.router.kind == "attention" else 0)
+    # elementwise: scores (softmax or sigmoid) ~3 E and the top-k sort ~E log2 E; per expert silu and
+    # product 4 h, the weighting d and its scatter-add d.
+    elementwise = 3 * e + e * math.log2(max(e, 2)) + k * (4 * h + 2 * d)
+    return matmul, elementwise
+
+
 _SPLIT_FLOPS: dict[type, Callable[[nn.Module, int], tuple[float, float]]] = {
     Mamba: _mamba,
     RGLRUBlock: _rglru,
@@ -241,6 +254,7 @@ _SPLIT_FLOPS: dict[type, Callable[[nn.Module, int], tuple[float, float]]] = {
     RetNet: _retnet,
     HGRN2: _hgrn2,
     Mamba2: _mamba2,
+    MoE: _moe,
 }
 
 MIXING_FLOPS: dict[type, Callable[[nn.Module, int], float]] = {
@@ -264,6 +278,13 @@ def forward_flops_per_token(model: nn.Module, seq_len: int) -> float:
     return total
 
 
+def active_params(model: nn.Module) -> int:
+    """Parameters a token uses (shared tensors once): all of them, less what each mixture leaves out
+    for a token (a block's ``inactive_params()``: the experts it is not routed to)."""
+    total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    return total - sum(m.inactive_params() for m in model.modules() if hasattr(m, "inactive_params"))
+
+
 def training_flops_per_token(model: nn.Module, seq_len: int) -> float:
     """Forward + backward FLOPs per token (backward counted as twice the forward)."""
     return 3 * forward_flops_per_token(model, seq_len)
@@ -283,4 +304,6 @@ def layer_table(model: nn.Module, seq_len: int) -> str:
     rows.append(
         f"| total | - | - | {model.num_params():,} | {forward_flops_per_token(model, seq_len):,.0f} | {model.state_size(seq_len):,} |"
     )
-    return "\n".join(rows) + f"\n\nTraining FLOPs/token (forward + backward): {training_flops_per_token(model, seq_len):,.0f}\n"
+    active = active_params(model)
+    note = f"\nActive parameters per token: {active:,} of {model.num_params():,}\n" if active != model.num_params() else ""
+    return "\n".join(rows) + f"\n\nTraining FLOPs/token (forward + backward): {training_flops_per_token(model, seq_len):,.0f}\n" + note

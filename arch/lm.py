@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from arch.blocks.mlp import Identity
+from arch.blocks.moe import Experts
 from arch.config import ConfigError, bounded, from_mapping, instantiate
 
 
@@ -29,7 +30,7 @@ class ModelConfig:
     vocab_size: int | None = bounded(None, gt=0)  # None: taken from the data (tokenizer)
     layers: list[str] = field(default_factory=lambda: ["attention"])
     overrides: dict[int, str] | None = None  # {layer index: block name}
-    mlp: str | None = "swiglu"  # block name of the channel mixer; None: no MLP sublayer
+    mlp: str | list[str | None] | None = "swiglu"  # block name of the channel mixer (a list is cycled over layers); None: no MLP sublayer
     blocks: dict[str, Any] = field(default_factory=dict)
     tie_embeddings: bool = True
     norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
@@ -49,6 +50,15 @@ class ModelConfig:
                 raise ConfigError(f"model.overrides has layer index {idx}, but n_layers={self.n_layers} (valid 0..{self.n_layers - 1}).")
             names[int(idx)] = name
         return names
+
+    def mlp_names(self) -> list[str | None]:
+        """Channel-mixer block name of every layer (None: none): ``mlp`` itself, or its list cycled
+        (``mlp: [swiglu, moe]`` puts an MoE in every other layer, as Jamba)."""
+        if not isinstance(self.mlp, list):
+            return [self.mlp] * self.n_layers
+        if not self.mlp:
+            raise ConfigError("model.mlp is an empty list: name a channel mixer per layer, null for none, or set model.mlp=null.")
+        return [self.mlp[i % len(self.mlp)] for i in range(self.n_layers)]
 
 
 def _norm(kind: str, d: int, eps: float) -> nn.Module:
@@ -110,7 +120,7 @@ class LanguageModel(nn.Module):
         d = config.d_model
         layers = []
         depth = {"n_layers": config.n_layers}  # for the blocks that take it (depth-dependent init, e.g. RWKV's)
-        for idx, name in enumerate(config.layer_names()):
+        for idx, (name, mlp_name) in enumerate(zip(config.layer_names(), config.mlp_names())):
             if name not in config.blocks:
                 raise ConfigError(
                     f"Layer {idx} asks for block '{name}', which is not in model.blocks (defined: {', '.join(sorted(config.blocks))}). "
@@ -118,11 +128,11 @@ class LanguageModel(nn.Module):
                 )
             mixer = instantiate(config.blocks[name], f"model.blocks.{name}", offered=depth, d_model=d, layer_idx=idx)
             mlp = None
-            if config.mlp is not None:
-                if config.mlp not in config.blocks:
+            if mlp_name is not None:
+                if mlp_name not in config.blocks:
                     defined = ", ".join(sorted(config.blocks))
-                    raise ConfigError(f"model.mlp is '{config.mlp}', which is not in model.blocks (defined: {defined}).")
-                mlp = instantiate(config.blocks[config.mlp], f"model.blocks.{config.mlp}", offered=depth, d_model=d, layer_idx=idx)
+                    raise ConfigError(f"model.mlp names '{mlp_name}' (layer {idx}), which is not in model.blocks (defined: {defined}).")
+                mlp = instantiate(config.blocks[mlp_name], f"model.blocks.{mlp_name}", offered=depth, d_model=d, layer_idx=idx)
             layers.append(Layer(mixer, mlp, d, config.norm, config.norm_eps, config.parallel))
         self.embedding = nn.Embedding(config.vocab_size, d)
         self.pos_embedding = nn.Embedding(config.max_seq_len, d) if config.position == "learned" else None
@@ -155,6 +165,8 @@ class LanguageModel(nn.Module):
                 nn.init.normal_(module.weight, std=std * scale)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
+            elif isinstance(module, Experts):  # stacked expert matrices: initialised as the Linears they stand for
+                nn.init.normal_(module.weight, std=std * (1 / math.sqrt(branches) if name.endswith("out_proj") else 1.0))
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, std=std)
         for module in self.modules():

@@ -159,7 +159,7 @@ def _check_no_empty_parameters(model: LanguageModel, config: ModelConfig) -> Non
             parts = name.split(".")
             where = "model"
             if parts[0] == "layers":
-                block = names[int(parts[1])] if parts[2] == "mixer" else config.mlp
+                block = names[int(parts[1])] if parts[2] == "mixer" else config.mlp_names()[int(parts[1])]
                 where = f"model.blocks.{block}"
             raise ConfigError(
                 f"'{where}' builds parameter {name} with shape {tuple(p.shape)}: one of its sizes is 0. "

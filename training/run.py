@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from arch.config import ConfigError, instantiate
+from arch.flops import active_params
 from arch.lm import LanguageModel
 from arch.ops.backend import keep_freed_memory
 from training.callbacks import FlushLogs, StepDelay, StopAfterSteps, StopAtAccuracy
@@ -116,15 +117,15 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(values))
     if ckpt_path:
         log.info("Resuming from %s", ckpt_path)
-    elif init_weights is not None:  # a fresh run starts from these weights; a resumed one from its own checkpoint
-        task.model.load_state_dict(init_weights)
-        log.info("Model weights from %s", run.init_from)
-    elif trainer.is_global_zero:
-        metric_keys = ["val/loss", "val/ppl"] + (["mqar/accuracy"] if getattr(datamodule, "is_recall", False) else [])
-        log_hparams(logger, _flatten({k: values[k] for k in ("model", "data", "optim", "schedule", "trainer", "seed")}), metric_keys)
-        logger.log_metrics(
-            {"params/total": task.model.num_params(), "params/non_embedding": task.model.num_params(non_embedding=True)}, step=0
-        )
+    else:
+        if init_weights is not None:  # a fresh run starts from these weights; a resumed one from its own checkpoint
+            task.model.load_state_dict(init_weights)
+            log.info("Model weights from %s", run.init_from)
+        if trainer.is_global_zero:
+            metric_keys = ["val/loss", "val/ppl"] + (["mqar/accuracy"] if getattr(datamodule, "is_recall", False) else [])
+            log_hparams(logger, _flatten({k: values[k] for k in ("model", "data", "optim", "schedule", "trainer", "seed")}), metric_keys)
+            params = {"params/total": task.model.num_params(), "params/non_embedding": task.model.num_params(non_embedding=True)}
+            logger.log_metrics({**params, "params/active": active_params(task.model)}, step=0)
     if trainer.is_global_zero:
         _print_header(task.model, run, datamodule, max_steps, trainer, run_dir)
     started = time.time()

@@ -34,6 +34,8 @@ CamelCase. Files that hold a family, and the presets named after a model rather 
     swiglu                   mlp.py                SwiGLU             (channel mixer)
     gelu_mlp                 mlp.py                GeluMLP            (channel mixer)
     identity                 mlp.py                Identity           (channel mixer)
+    moe                      moe.py                MoE                moe, deepseek, jamba, minimax, gla_moe, samba_moe, bam (channel mixer)
 
-Shared initialisation helpers live in `arch.blocks.init`; the ops the blocks run on in `arch.ops`.
+Routers, top-k selection and the mixtures' auxiliary losses live in `arch.blocks.routing`; shared
+initialisation helpers in `arch.blocks.init`; the ops the blocks run on in `arch.ops`.
 """

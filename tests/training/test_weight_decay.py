@@ -28,14 +28,18 @@ EXEMPT_MATRICES = {
     "h3": H3,
     "hawk": RGLRU,
     "hgrn2": {"layers.*.mixer.lower_bound_logits"},  # fla keeps the bound table out of weight decay
+    "gla_moe": set(),  # MoE: experts, router and shared expert all decay (Megatron, torchtitan)
     "jamba": MAMBA,
     "linear_attention": set(),
     "mamba": MAMBA,
     "mamba2": set(),  # its A_log, D, dt_bias are vectors (and marked)
+    "minimax": set(),
+    "moe": set(),
     "retnet": set(),
     "rwkv6": RWKV6,
     "rwkv7": RWKV7,
     "samba": MAMBA,
+    "samba_moe": MAMBA,
     "transformer": set(),
 }
 PRESETS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
