@@ -31,7 +31,10 @@ from arch.blocks.hgrn2 import HGRN2
 from arch.blocks.linear_attention import LinearAttention
 from arch.blocks.mamba import Mamba
 from arch.blocks.mamba2 import Mamba2
+from arch.blocks.mla import MLA
+from arch.blocks.moa import MoA
 from arch.blocks.moe import MoE
+from arch.blocks.moh import MoH
 from arch.blocks.retnet import RetNet
 from arch.blocks.rwkv6 import RWKV6ChannelMix, RWKV6TimeMix
 from arch.blocks.rwkv7 import RWKV7TimeMix
@@ -233,11 +236,26 @@ def _moe(block: MoE, seq_len: int) -> tuple[float, float]:
     # matmul-like: each of a token's top_k experts, in_proj 2 d 2h and out_proj 2 h d (the stacked
     # expert weights are not Linears; the router and the shared expert are); Yuan's attention router
     # adds q k^T and A v over E x E, 2 E^2 each.
-    matmul = k * 6 * d * h + (4 * e * e if block.router.kind == "attention" else 0)
+    # adds A v over E x E, 2 E^2 (its q k^T outer product and row softmax, ~4 E^2, are elementwise).
+    attention_router = block.router.kind == "attention"
+    matmul = k * 6 * d * h + (2 * e * e if attention_router else 0)
     # elementwise: scores (softmax or sigmoid) ~3 E and the top-k sort ~E log2 E; per expert silu and
     # product 4 h, the weighting d and its scatter-add d.
-    elementwise = 3 * e + e * math.log2(max(e, 2)) + k * (4 * h + 2 * d)
+    elementwise = 3 * e + e * math.log2(max(e, 2)) + k * (4 * h + 2 * d) + (4 * e * e if attention_router else 0)
     return matmul, elementwise
+
+
+def _moa(block: MoA, seq_len: int) -> float:
+    # the projections (every expert's) are Linears; attention runs for the selected experts' heads
+    # (shared K/V) or for every expert's (separate K/V)
+    heads = (block.top_k if block.kv == "shared" else block.n_experts) * block.heads
+    return 4 * heads * block.head_dim * _mean_context(seq_len, None)
+
+
+def _mla(block: MLA, seq_len: int) -> float:
+    # q.k over nope + rope dims and p.v over the value dim (padded to the q.k width when they differ)
+    qk = block.nope_dim + block.rope_dim
+    return 2 * block.n_heads * (qk + (block.v_dim if block.v_dim == qk else qk)) * _mean_context(seq_len, None)
 
 
 _SPLIT_FLOPS: dict[type, Callable[[nn.Module, int], tuple[float, float]]] = {
@@ -259,6 +277,9 @@ _SPLIT_FLOPS: dict[type, Callable[[nn.Module, int], tuple[float, float]]] = {
 
 MIXING_FLOPS: dict[type, Callable[[nn.Module, int], float]] = {
     Attention: _attention_flops,
+    MoH: _attention_flops,  # every head is computed; the gates are per-head scalars
+    MoA: _moa,
+    MLA: _mla,
     **{cls: (lambda block, seq_len, f=f: sum(f(block, seq_len))) for cls, f in _SPLIT_FLOPS.items()},
 }
 ELEMENTWISE_FLOPS: dict[type, Callable[[nn.Module, int], float]] = {

@@ -34,6 +34,9 @@ CamelCase. Files that hold a family, and the presets named after a model rather 
     swiglu                   mlp.py                SwiGLU             (channel mixer)
     gelu_mlp                 mlp.py                GeluMLP            (channel mixer)
     identity                 mlp.py                Identity           (channel mixer)
+    mla                      mla.py                MLA                deepseek
+    moa                      moa.py                MoA                moa, bam
+    moh                      moh.py                MoH                moh
     moe                      moe.py                MoE                moe, deepseek, jamba, minimax, gla_moe, samba_moe, bam (channel mixer)
 
 Routers, top-k selection and the mixtures' auxiliary losses live in `arch.blocks.routing`; shared

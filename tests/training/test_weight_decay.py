@@ -21,6 +21,8 @@ RWKV7 = {"layers.*.mixer." + n for n in ("mu", "r_k")} | {
 RGLRU = {"layers.*.mixer.conv_weight", "layers.*.mixer.gate_bias"}  # recurrentgemma: conv, gate biases, Lambda
 H3 = {"layers.*.mixer." + n for n in ("A_imag", "B", "log_A_real", "shift_B")}  # H3's OptimModule.register(wd=0)
 EXEMPT_MATRICES = {
+    "bam": set(),  # MoA and MoE: every matrix decays, routers included
+    "bam_dense": set(),
     "base_conv": set(),  # Zoology decays every parameter (the framework still exempts vectors)
     "based": set(),
     "gla": set(),
@@ -28,13 +30,16 @@ EXEMPT_MATRICES = {
     "h3": H3,
     "hawk": RGLRU,
     "hgrn2": {"layers.*.mixer.lower_bound_logits"},  # fla keeps the bound table out of weight decay
+    "deepseek": set(),  # MLA's norms are vectors
     "gla_moe": set(),  # MoE: experts, router and shared expert all decay (Megatron, torchtitan)
     "jamba": MAMBA,
     "linear_attention": set(),
     "mamba": MAMBA,
     "mamba2": set(),  # its A_log, D, dt_bias are vectors (and marked)
     "minimax": set(),
+    "moa": set(),
     "moe": set(),
+    "moh": set(),
     "retnet": set(),
     "rwkv6": RWKV6,
     "rwkv7": RWKV7,
