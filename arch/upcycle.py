@@ -1,0 +1,187 @@
+"""BAM upcycling (Zhang et al. 2024, "BAM! Just Like That: Simple and Efficient Parameter Upcycling for
+Mixture of Experts"): N dense checkpoints of the same shape become one mixture model.
+
+    python -m arch.upcycle --parents A.ckpt B.ckpt --out bam.ckpt [--kv separate|shared] [--ffn-top-k 2] [--seed 0]
+
+- each parent's SwiGLU feed-forward becomes one expert of an MoE (`arch.blocks.moe`), top-k routed;
+- each parent's attention becomes one expert of an MoA (`arch.blocks.moa`) with all of that attention's
+  parameters (``--kv separate``, BAM's best variant) or with the parents' K/V projections averaged
+  into one shared K/V (``--kv shared``, BAM's inference-efficient variant); attention experts are
+  soft-routed (every expert, softmax weights), as BAM's "soft variant of MoA";
+- every other parameter (embedding, norms, head) is the parents' average; routers are freshly
+  initialised (``--seed``).
+
+Parents of one seed branched by continued training (BAM's recipe) are what make the average
+meaningful. The model keeps the parents' layer form: with ``model.parallel`` (the `bam_dense` preset)
+attention and feed-forward experts read the same normed input, as in the paper. The output is a
+checkpoint in a run's layout (``state_dict`` with ``model.`` keys, ``hyper_parameters``), and the
+command prints the `train.py` line whose composed model is exactly the upcycled one:
+
+    python train.py model=bam init_from=bam.ckpt [model overrides]
+
+With N identical parents the upcycled model computes the parent's function (expert weights sum to 1).
+The functions here use only `arch`; the command line (`main`) composes configs and reads checkpoints
+with the training package, as `train.py` does.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import torch
+
+from arch.config import ConfigError
+from arch.lm import LanguageModel
+
+ATTENTION, SWIGLU = "arch.blocks.attention.Attention", "arch.blocks.mlp.SwiGLU"
+
+
+def upcycled_config(parent: dict, n: int, kv: str = "separate", ffn_top_k: int = 2) -> dict:
+    """The mixture's ``model`` config from a dense parent's: its one attention block becomes ``moa``
+    (n experts, soft routing) and its SwiGLU ``mlp`` becomes ``moe`` (n experts, top ``ffn_top_k``)."""
+    if n < 2:
+        raise ConfigError(f"Upcycling needs at least 2 parents, got {n}.")
+    if not 1 <= ffn_top_k <= n:
+        raise ConfigError(f"--ffn-top-k must be between 1 and the number of parents ({n}), got {ffn_top_k}.")
+    if kv not in ("separate", "shared"):
+        raise ConfigError(f"--kv must be 'separate' or 'shared', got {kv!r}.")
+    blocks = parent.get("blocks", {})
+    mixers = set(parent.get("layers", [])) | set((parent.get("overrides") or {}).values())
+    if len(mixers) != 1 or blocks.get(next(iter(mixers)), {}).get("_target_") != ATTENTION:
+        raise ConfigError(f"Upcycling takes parents whose every layer is one attention block; these have layers {sorted(mixers)}.")
+    if not isinstance(parent.get("mlp"), str) or blocks.get(parent["mlp"], {}).get("_target_") != SWIGLU:
+        raise ConfigError(f"Upcycling takes parents whose feed-forward is one SwiGLU block; these have mlp={parent.get('mlp')!r}.")
+    attn, mlp = blocks[next(iter(mixers))], blocks[parent["mlp"]]
+    if attn.get("window") is not None or attn.get("bias") or mlp.get("bias"):
+        raise ConfigError("Upcycling supports attention without a window and projections without biases.")
+    d = parent["d_model"]
+    n_heads = attn.get("n_heads", 4)
+    moa = {
+        "_target_": "arch.blocks.moa.MoA",
+        "n_experts": n,
+        "top_k": n,
+        "expert_heads": n_heads,
+        "head_dim": attn.get("head_dim") or d // n_heads,
+        "n_kv_heads": attn.get("n_kv_heads") or n_heads,
+        "kv": kv,
+        "position": attn.get("position", "rope"),
+        "rope_base": attn.get("rope_base", 10000.0),
+        "normalize": True,
+    }
+    hidden = mlp.get("hidden") or _swiglu_hidden(d, mlp.get("multiple_of", 32))
+    moe = {"_target_": "arch.blocks.moe.MoE", "n_experts": n, "top_k": ffn_top_k, "hidden": hidden}
+    child = copy.deepcopy(parent)
+    child.update(name="bam", layers=["moa"], overrides=None, mlp="moe", blocks={"moa": moa, "moe": moe})
+    return child
+
+
+def _swiglu_hidden(d_model: int, multiple_of: int) -> int:
+    from arch.blocks.mlp import _round
+
+    return _round(8 * d_model / 3, multiple_of)
+
+
+def upcycle(parents: list[dict[str, torch.Tensor]], child: LanguageModel, kv: str = "separate") -> dict[str, torch.Tensor]:
+    """The child's state dict from the parents' (`LanguageModel` state dicts of one shape): attention
+    and feed-forward experts from each parent in order, routers from ``child`` (fresh), the rest
+    averaged."""
+    keys = list(parents[0])
+    for i, p in enumerate(parents[1:], 1):
+        if list(p) != keys or any(p[k].shape != parents[0][k].shape for k in keys):
+            raise ConfigError(f"Parent {i + 1} does not have the shape of parent 1: upcycling needs N checkpoints of one model config.")
+    out: dict[str, torch.Tensor] = {}
+    for name, value in child.state_dict().items():
+        stem = name.rsplit(".", 2)
+        if ".router." in name:
+            out[name] = value.clone()
+        elif name.endswith("mixer.q_proj.weight"):
+            out[name] = torch.cat([p[name] for p in parents], 0)
+        elif name.endswith("mixer.out_proj.weight"):
+            out[name] = torch.cat([p[name] for p in parents], 1)
+        elif name.endswith("mixer.kv_proj.weight"):
+            group = [p[name] for p in parents]
+            out[name] = torch.cat(group, 0) if kv == "separate" else torch.stack(group).mean(0)
+        elif name.endswith(("mlp.in_proj.weight", "mlp.out_proj.weight")):
+            out[name] = torch.stack([p[name].T for p in parents])  # Linear [out, in] -> expert [in, out]
+        elif name in parents[0]:
+            out[name] = torch.stack([p[name].float() for p in parents]).mean(0).to(parents[0][name].dtype)
+        else:
+            raise ConfigError(f"Upcycling does not know where {name} (of {stem[0]}) comes from in the parents.")
+        if out[name].shape != value.shape:
+            raise ConfigError(f"Upcycled {name} has shape {tuple(out[name].shape)}, the mixture wants {tuple(value.shape)}.")
+    return out
+
+
+def _flatten(values: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(values, dict) and values:
+        return {k: v for key, sub in values.items() for k, v in _flatten(sub, f"{prefix}.{key}").items()}
+    return {prefix: values}
+
+
+def _override(key: str, value: Any) -> str:
+    if value is None:
+        return f"{key}=null"
+    if isinstance(value, bool):
+        return f"{key}={str(value).lower()}"
+    if isinstance(value, list):
+        return f"{key}=[{','.join(str(v) for v in value)}]"
+    if isinstance(value, float) and math.isfinite(value):
+        return f"{key}={value!r}"
+    return f"{key}={value}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    import os
+    import sys
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from training.checkpoint import CheckpointError, read_model_weights
+    from training.compose import compose
+
+    parser = argparse.ArgumentParser(prog="python -m arch.upcycle", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--parents", nargs="+", type=Path, required=True, help="N >= 2 dense checkpoints of one model config")
+    parser.add_argument("--out", type=Path, required=True, help="the upcycled checkpoint to write")
+    parser.add_argument("--kv", choices=["separate", "shared"], default="separate", help="attention experts' K/V (default: separate)")
+    parser.add_argument("--ffn-top-k", type=int, default=2, help="feed-forward experts per token (default 2)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the fresh routers")
+    args = parser.parse_args(argv if argv is not None else sys.argv[1:])
+    try:
+        if args.out.exists():
+            raise ConfigError(f"--out {args.out} exists; choose another path (nothing is overwritten).")
+        loaded = [read_model_weights(p) for p in args.parents]
+        configs = [h.get("model") for _, h in loaded]
+        if any(c != configs[0] for c in configs[1:]) or not isinstance(configs[0], dict):
+            raise ConfigError("The parents were trained with different model configs (or a checkpoint has none); upcycle N runs of one preset.")
+        vocab = loaded[0][1].get("vocab_size")
+        preset = OmegaConf.to_container(compose(["model=bam"]).model, resolve=True)
+        preset.pop("vocab_size", None)
+        child_cfg = upcycled_config(configs[0], len(loaded), args.kv, args.ffn_top_k)
+        for block in ("moa", "moe"):  # the preset's settings (loss weights, scores) for what the parents do not fix
+            child_cfg["blocks"][block] = {**preset["blocks"][block], **child_cfg["blocks"][block]}
+        torch.manual_seed(args.seed)
+        child = LanguageModel.from_config(child_cfg, vocab_size=vocab)
+        state = upcycle([w for w, _ in loaded], child, args.kv)
+        wanted, have = _flatten(child_cfg, "model"), _flatten(preset, "model")
+        overrides = [_override(k if k in have else f"+{k}", v) for k, v in wanted.items() if k != "model.vocab_size" and have.get(k, object()) != v]
+        missing = [k for k in have if k not in wanted and k != "model.vocab_size"]
+        composed = OmegaConf.to_container(compose(["model=bam", *overrides]).model, resolve=True) if not missing else None
+        if composed is None or {k: v for k, v in composed.items() if k != "vocab_size"} != {k: v for k, v in child_cfg.items() if k != "vocab_size"}:
+            raise ConfigError("The upcycled model cannot be written as overrides of the bam preset; its config is in the checkpoint.")
+    except (ConfigError, CheckpointError) as err:
+        raise SystemExit(f"error: {err}") from None
+    hparams = {**loaded[0][1], "model": child_cfg}
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {f"model.{k}": v for k, v in state.items()}, "hyper_parameters": hparams}, tmp)
+    os.replace(tmp, args.out)
+    print(f"wrote {args.out}: {len(loaded)} parents -> {child.num_params():,} parameters")
+    print("continue training with:\n  python train.py " + " ".join(["model=bam", *overrides, f"init_from={args.out}"]))
+
+
+if __name__ == "__main__":
+    main()
