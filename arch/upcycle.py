@@ -143,7 +143,9 @@ def main(argv: list[str] | None = None) -> None:
     from training.checkpoint import CheckpointError, read_model_weights
     from training.compose import compose
 
-    parser = argparse.ArgumentParser(prog="python -m arch.upcycle", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m arch.upcycle", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--parents", nargs="+", type=Path, required=True, help="N >= 2 dense checkpoints of one model config")
     parser.add_argument("--out", type=Path, required=True, help="the upcycled checkpoint to write")
     parser.add_argument("--kv", choices=["separate", "shared"], default="separate", help="attention experts' K/V (default: separate)")
@@ -156,7 +158,9 @@ def main(argv: list[str] | None = None) -> None:
         loaded = [read_model_weights(p) for p in args.parents]
         configs = [h.get("model") for _, h in loaded]
         if any(c != configs[0] for c in configs[1:]) or not isinstance(configs[0], dict):
-            raise ConfigError("The parents were trained with different model configs (or a checkpoint has none); upcycle N runs of one preset.")
+            raise ConfigError(
+                "The parents were trained with different model configs (or a checkpoint has none); upcycle N runs of one preset."
+            )
         vocab = loaded[0][1].get("vocab_size")
         preset = OmegaConf.to_container(compose(["model=bam"]).model, resolve=True)
         preset.pop("vocab_size", None)
@@ -167,10 +171,14 @@ def main(argv: list[str] | None = None) -> None:
         child = LanguageModel.from_config(child_cfg, vocab_size=vocab)
         state = upcycle([w for w, _ in loaded], child, args.kv)
         wanted, have = _flatten(child_cfg, "model"), _flatten(preset, "model")
-        overrides = [_override(k if k in have else f"+{k}", v) for k, v in wanted.items() if k != "model.vocab_size" and have.get(k, object()) != v]
+        overrides = [
+            _override(k if k in have else f"+{k}", v) for k, v in wanted.items() if k != "model.vocab_size" and have.get(k, object()) != v
+        ]
         missing = [k for k in have if k not in wanted and k != "model.vocab_size"]
         composed = OmegaConf.to_container(compose(["model=bam", *overrides]).model, resolve=True) if not missing else None
-        if composed is None or {k: v for k, v in composed.items() if k != "vocab_size"} != {k: v for k, v in child_cfg.items() if k != "vocab_size"}:
+        if composed is None or {k: v for k, v in composed.items() if k != "vocab_size"} != {
+            k: v for k, v in child_cfg.items() if k != "vocab_size"
+        }:
             raise ConfigError("The upcycled model cannot be written as overrides of the bam preset; its config is in the checkpoint.")
     except (ConfigError, CheckpointError) as err:
         raise SystemExit(f"error: {err}") from None
