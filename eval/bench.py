@@ -24,6 +24,11 @@ names) adds one row per sequence mixer of ``conf/block/`` at d_model 256 with it
 timing the whole block forward and backward, parameter gradients included; a new block file is
 picked up without code changes.
 
+MoE against dense: ``python -m eval.bench moe [--tokens 4096] [--d-model 256] [--experts 8] [--top-k 2]``
+times one MoE layer (`arch.blocks.moe`, dropless, default options) forward and backward, parameter
+gradients included, next to a dense SwiGLU whose hidden size is top_k times an expert's, so both have
+the same active parameters (the router's d x E aside), and prints the ratio ``moe/dense``.
+
 Measured numbers live in docs/performance.md, not in docstrings: ``--write-docs`` writes the table
 there with the command that produced it, so the page is regenerated rather than edited by hand.
 Timings depend on the machine, its load, the thread count and the allocator setting.
@@ -281,7 +286,48 @@ def performance_doc(command: str, header: str, table: list[str]) -> str:
     ])
 
 
+def moe_main(argv: Sequence[str]) -> None:
+    """``python -m eval.bench moe``: an MoE layer against the dense SwiGLU of the same active parameters."""
+    from arch.blocks.mlp import SwiGLU
+    from arch.blocks.moe import MoE
+    from arch.flops import active_params
+
+    parser = argparse.ArgumentParser(prog="python -m eval.bench moe", description=moe_main.__doc__)
+    parser.add_argument("--tokens", type=int, default=4096)
+    parser.add_argument("--d-model", type=int, default=256)
+    parser.add_argument("--experts", type=int, default=8)
+    parser.add_argument("--top-k", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tuned = keep_freed_memory()
+    torch.manual_seed(0)
+    moe = MoE(args.d_model, n_experts=args.experts, top_k=args.top_k)
+    dense = SwiGLU(args.d_model, hidden=args.top_k * moe.hidden)
+    for p in (*moe.parameters(), *dense.parameters()):  # the language model's init: N(0, 0.02)
+        torch.nn.init.normal_(p, std=0.02)
+    print(f"tokens={args.tokens} d_model={args.d_model} experts={args.experts} top_k={args.top_k} expert hidden={moe.hidden} "
+          f"threads={torch.get_num_threads()} allocator: {'freed blocks kept' if tuned else 'C library defaults'}\n")
+    print("| layer | params | active params | fwd+bwd ms | CPU ms |\n| --- | ---: | ---: | ---: | ---: |")
+    times = {}
+    for name, layer in (("dense SwiGLU", dense), ("MoE (dropless)", moe)):
+        def setup(B, T, device, dtype, layer=layer):
+            return (torch.randn(1, args.tokens, args.d_model, requires_grad=True), *layer.parameters())
+
+        case = BenchCase(name, "module", setup, lambda x, *params, layer=layer: layer(x))
+        ms, cpu_ms = time_ms(case, case.setup(1, args.tokens, torch.device("cpu"), torch.float32), args.repeats, 120.0)
+        times[name] = ms
+        total = sum(p.numel() for p in layer.parameters())
+        print(f"| {name} | {total:,} | {active_params(layer):,} | {ms:.1f} | {cpu_ms:.1f} |")
+    print(f"\nmoe/dense: {times['MoE (dropless)'] / times['dense SwiGLU']:.2f}x")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["moe"]:
+        return moe_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m eval.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--T", type=int, nargs="+", default=[512, 2048, 8192], help="sequence lengths")
@@ -300,7 +346,6 @@ def main(argv: Sequence[str] | None = None) -> None:
                         "on a shared machine, where spinning threads wait for busy cores")
     parser.add_argument("--write-docs", action="store_true",
                         help="also write the table, with this command, to docs/performance.md")
-    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -41,20 +41,25 @@ class Experts(nn.Module):
 
     def forward(self, x: torch.Tensor, counts: list[int]) -> torch.Tensor:
         """x [sum(counts), in], rows grouped by expert (counts[e] rows for expert e) -> [sum(counts), out]."""
-        if _grouped_mm_ok(x, self.weight):
+        if grouped_mm_supported(x, self.weight):
             offsets = torch.tensor(counts, device=x.device).cumsum(0).to(torch.int32)
             return torch._grouped_mm(x, self.weight, offs=offsets)
-        return torch.cat([chunk @ w for chunk, w in zip(x.split(counts), self.weight)]) if x.shape[0] else x @ self.weight[0]
+        if not x.shape[0]:
+            return x @ self.weight[0]
+        return torch.cat([chunk @ w for chunk, w in zip(x.split(counts), self.weight)])
 
 
-def _grouped_mm_ok(x: torch.Tensor, w: torch.Tensor) -> bool:
-    # PyTorch's grouped GEMM: CUDA, bf16, Hopper or newer (its own requirements); else one matmul per expert
-    return (
-        x.is_cuda
-        and hasattr(torch, "_grouped_mm")
-        and x.dtype == w.dtype == torch.bfloat16
-        and torch.cuda.get_device_capability(x.device)[0] >= 9
-    )
+def grouped_mm_supported(x: torch.Tensor, w: torch.Tensor) -> bool:
+    """Whether PyTorch's grouped GEMM (``torch._grouped_mm``) takes these operands: float32 or 16-bit
+    (bf16 only, on a Hopper or newer GPU), rows of a multiple of 16 bytes, at least one row. Else
+    `Experts` runs one matmul per expert."""
+    if not hasattr(torch, "_grouped_mm") or x.dtype != w.dtype or not x.shape[0]:
+        return False
+    if any(n * x.element_size() % 16 for n in w.shape[1:]):
+        return False
+    if x.is_cuda:
+        return x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device)[0] >= 9
+    return x.dtype in (torch.float32, torch.bfloat16, torch.float16)
 
 
 class MoE(nn.Module):

@@ -174,3 +174,16 @@ def test_under_ddp_the_load_statistics_are_the_global_batch(tmp_path):
     assert not torch.equal(results[0][0], results[1][0])  # the ranks saw different routings ...
     for rank in (0, 1):  # ... and both report the load of the union
         assert results[rank][1] == pytest.approx(expected_load)
+
+
+def test_the_grouped_gemm_path_equals_one_matmul_per_expert():
+    from arch.blocks.moe import Experts, grouped_mm_supported
+
+    experts = Experts(3, 16, 8)
+    x = torch.randn(10, 16)
+    counts = [4, 0, 6]
+    assert grouped_mm_supported(x, experts.weight)  # float32 on CPU
+    expected = torch.cat([x[:4] @ experts.weight[0], x[4:] @ experts.weight[2]])
+    torch.testing.assert_close(experts(x, counts), expected)
+    assert not grouped_mm_supported(x.double(), experts.weight.double())  # float64 takes the loop
+    torch.testing.assert_close(experts.double()(x.double(), counts), expected.double(), rtol=1e-5, atol=1e-5)
