@@ -16,15 +16,13 @@ import time
 from pathlib import Path
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from arch.config import ConfigError
+from training.peak import peak_flops
+
 
 # Dense bf16 (GPU) / fp32 (CPU, measured) peak FLOP/s per device, matched against the device name.
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "4090": 165e12}
-
-
 class Checkpoint(ModelCheckpoint):
     """``<dirpath>/last.ckpt`` every ``every_n_steps`` optimizer steps (the file a run resumes from;
     `training.checkpoint.AtomicCheckpointIO` keeps the one it replaces)."""
@@ -109,26 +107,22 @@ class FlushLogs(pl.Callback):
             self._pending = False
 
 
-def peak_flops(configured: float | None) -> float | None:
-    """The per-device peak FLOP/s that ``train/mfu`` divides by: ``configured`` when given, else the
-    table entry whose key is in the CUDA device's name, else None (no MFU)."""
-    if configured is not None or not torch.cuda.is_available():
-        return configured
-    name = torch.cuda.get_device_name()
-    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
-
-
 class Throughput(pl.Callback):
     """``train/tokens_per_sec`` between consecutive optimizer steps, and ``train/mfu`` = tokens/s x
-    training FLOPs per token (`arch.flops`) / (peak x devices) when the peak is known."""
+    training FLOPs per token (`arch.flops`) / (peak x devices). The peak (`training.peak`):
+    ``peak_flops`` when given, else a known GPU's data-sheet peak at the trainer's precision, else on
+    a CPU this machine's float32 matmul peak, measured once and cached under ``cache_dir``."""
 
-    def __init__(self, peak_flops: float | None = None):
-        self.peak_flops = peak_flops
+    def __init__(self, peak_flops: float | None = None, cache_dir: str | None = None):
+        if peak_flops is not None and not peak_flops > 0:
+            raise ValueError(f"peak_flops must be > 0 (FLOP/s per device) or null, got {peak_flops!r}")
+        self.peak_flops, self.cache_dir = peak_flops, cache_dir
         self._last: float | None = None
         self._peak: float | None = None
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self._peak, self._last = peak_flops(self.peak_flops), None
+        self._peak = peak_flops(self.peak_flops, pl_module.device, str(trainer.precision), self.cache_dir)
+        self._last = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         now = time.perf_counter()

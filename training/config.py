@@ -93,7 +93,7 @@ class RunConfig:
 TRAINER_SUPPLIED = ("default_root_dir", "logger", "callbacks", "plugins", "enable_progress_bar", "enable_model_summary",
                     "use_distributed_sampler")
 LOGGER_SUPPLIED = ("save_dir",)
-CALLBACK_OFFERED = ("dirpath", "run_dir")  # given to callbacks whose signature names them
+CALLBACK_OFFERED = ("dirpath", "run_dir", "cache_dir")  # given to callbacks whose signature names them
 
 
 @dataclass
@@ -129,7 +129,7 @@ def validate(values: dict, run_dir: Path) -> Validated:
 
     _check_trainer(run)
     check_spec(run.logger, "logger", supplied=LOGGER_SUPPLIED)
-    offered = {"dirpath": str(run_dir / "checkpoints"), "run_dir": str(run_dir)}
+    offered = {"dirpath": str(run_dir / "checkpoints"), "run_dir": str(run_dir), "cache_dir": str(run.paths.cache)}
     callbacks = []
     for name, cls, kwargs, wanted in check_callbacks(run.callbacks):
         callbacks.append(build(cls, kwargs, f"callbacks.{name}", **{k: offered[k] for k in wanted}))

@@ -30,12 +30,16 @@ def test_short_training_run_lowers_validation_loss_and_writes_the_run_directory(
         "train/lr",
         "train/grad_norm",
         "train/tokens_per_sec",
+        "train/mfu",
         "val/ppl",
         "params/total",
     ):
         assert scalars(tmp_path, tag), tag
     tokens = scalars(tmp_path, "train/tokens")
     assert tokens[60] == 60 * 4 * 32
+    mfu, tps = scalars(tmp_path, "train/mfu"), scalars(tmp_path, "train/tokens_per_sec")
+    assert all(0 < v < 2 and math.isfinite(v) for v in mfu.values())  # CPU MFU against the measured peak
+    assert all(v > 0 and math.isfinite(v) for v in tps.values())
     lr = scalars(tmp_path, "train/lr")
     assert lr[1] < lr[3] and lr[59] < lr[10]  # warmup then decay
     from eval.scaling import load_runs  # the scaling fitter reads what train.py writes
