@@ -18,6 +18,7 @@ from torch import nn
 from arch.blocks.mlp import Identity
 from arch.blocks.moe import Experts
 from arch.config import ConfigError, bounded, from_mapping, instantiate
+from arch.ops import linear_cross_entropy
 
 
 @dataclass
@@ -39,6 +40,9 @@ class ModelConfig:
     position: Literal["none", "learned"] = "none"  # absolute positions added to the embedding
     max_seq_len: int = bounded(2048, gt=0)  # only used by learned positions
     init_std: float = bounded(0.02, gt=0)
+    # the training loss's head + cross-entropy, this many tokens at a time (arch.ops.cross_entropy:
+    # no [tokens, vocab] logits beyond one chunk); None: one unfused F.cross_entropy over all logits
+    loss_chunk_size: int | None = bounded(1024, gt=0)
 
     def layer_names(self) -> list[str]:
         """Block name of every layer: the pattern cycled, then the overrides."""
@@ -224,11 +228,18 @@ class LanguageModel(nn.Module):
 
     def loss(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy (nats/token) over positions whose label is not -100. The head is
-        applied only at labelled positions, which makes sparse-label tasks such as MQAR cheap."""
+        applied only at labelled positions, which makes sparse-label tasks such as MQAR cheap; with
+        ``loss_chunk_size`` (the default) head and loss run chunk by chunk (`linear_cross_entropy`)."""
         h = self.hidden_states(input_ids)
         mask = labels != -100
-        logits = self.head(h[mask])
-        return F.cross_entropy(logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits, labels[mask])
+        if bool(mask.all()):  # every label valid: no gather
+            h, labels = h.reshape(-1, h.shape[-1]), labels.reshape(-1)
+        else:
+            h, labels = h[mask], labels[mask]
+        if self.config.loss_chunk_size is not None:
+            return linear_cross_entropy(h, self.head.weight, labels, self.config.loss_chunk_size)
+        logits = self.head(h)
+        return F.cross_entropy(logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits, labels)
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> dict:
         """Empty decode state: one entry per layer plus the position counter."""

@@ -14,6 +14,7 @@ one is importable (see `arch.ops.backend`). Import ops from here: ``from arch.op
 """
 
 from arch.ops.attention import causal_attention
+from arch.ops.cross_entropy import linear_cross_entropy
 from arch.ops.gla import gated_linear_attention, gated_linear_attention_naive, gla_step
 from arch.ops.linear_attention import linear_attention, linear_attention_naive, taylor_feature_map
 from arch.ops.long_conv import long_conv, long_conv_naive, long_conv_step
@@ -32,6 +33,7 @@ __all__ = [
     "gated_linear_attention",
     "gated_linear_attention_naive",
     "gla_step",
+    "linear_cross_entropy",
     "linear_attention",
     "linear_attention_naive",
     "long_conv",

@@ -8,7 +8,9 @@ Bit-identity holds on one kind of CPU: another CPU's matmul kernels round differ
 5e-5 relative on the GLA run after 30 steps, AMD EPYC without AVX-512 against the recording machine).
 So each run also keeps ``by_machine`` losses recorded on other CPUs (CPU model, AVX-512, torch
 version): on a machine listed there the check is bit-identical; on an unlisted one the losses must
-agree with the first recording to 1e-3 relative, which still catches a change of behaviour."""
+agree with the first recording to 1e-3 relative, which still catches a change of behaviour. The
+chunked training loss (`arch.ops.linear_cross_entropy`, on by default) reorders the head's sums: up to
+1.4e-4 relative on the GLA run, within that tolerance; the machine entries record it."""
 
 import json
 from pathlib import Path
