@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 
 from arch.ops import (
+    causal_attention,
     causal_conv1d,
     causal_conv1d_naive,
     diagonal_recurrence,
@@ -68,6 +69,7 @@ from arch.ops import (
     selective_scan_naive,
     taylor_feature_map,
 )
+from arch.ops.attention import sliding_window_attention_naive
 from arch.ops.backend import MALLOC_TUNING_ENV, is_importable, keep_freed_memory
 
 H, D, FEATURE_DIM = 4, 64, 16  # heads, head dim; Based's feature dim before the Taylor map
@@ -141,6 +143,9 @@ def rwkv7_inputs(B: int, T: int, device: torch.device, dtype: torch.dtype) -> Se
     return (r, *_leaves(log_decay), k, v, *_leaves(-kk, kk * rate))
 
 
+SWA_WINDOW = 128  # sliding-window rows: W = 128, against full causal SDPA's row
+
+
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
 
@@ -154,6 +159,8 @@ CASES: list[BenchCase] = [
     BenchCase("gla", "chunked", gla_inputs, lambda *x: gated_linear_attention(*x, backend="torch")),
     BenchCase("gla", "fla", gla_inputs, lambda *x: gated_linear_attention(*x, backend="fla"), kernel="fla"),
     BenchCase("gla", "naive", gla_inputs, gated_linear_attention_naive),
+    BenchCase("swa", "blocked", attention_inputs, lambda *x: causal_attention(*x, window=SWA_WINDOW, backend="torch")),
+    BenchCase("swa", "naive", attention_inputs, lambda *x: sliding_window_attention_naive(*x, window=SWA_WINDOW)),
     BenchCase("rwkv6", "chunked", rwkv6_inputs, lambda *x: rwkv6(*x, backend="torch")),
     BenchCase("rwkv6", "fla", rwkv6_inputs, lambda *x: rwkv6(*x, backend="fla"), kernel="fla"),
     BenchCase("rwkv6", "naive", rwkv6_inputs, rwkv6_naive),

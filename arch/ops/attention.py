@@ -24,7 +24,8 @@ def causal_attention(
 
     q: [B, T, H, D]; k, v: [B, T, Hkv, D] with H a multiple of Hkv (MHA Hkv=H, GQA, MQA Hkv=1).
     ``window=None`` is full causal attention; a window of W lets each token see itself and the
-    W-1 tokens before it. Uses flash-attn on CUDA (fp16/bf16) when installed, else PyTorch SDPA.
+    W-1 tokens before it; beyond T = 2W the PyTorch path is blocked (`local_attention`, O(T W)).
+    Uses flash-attn on CUDA (fp16/bf16) when installed, else PyTorch SDPA.
     """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     if q.dtype in (torch.float16, torch.bfloat16) and use_kernel(backend, "flash_attn", "flash_attn", q, k, v):
@@ -34,9 +35,11 @@ def causal_attention(
         return flash_attn_func(q, k, v, softmax_scale=scale, causal=True, window_size=window_size)
     if backend not in ("auto", "torch", "flash_attn"):
         raise ValueError(f"unknown backend {backend!r}: choose 'auto', 'torch' or 'flash_attn'")
+    t_q, t_k = q.shape[1], k.shape[1]
+    if window is not None and t_q == t_k and t_q > 2 * window:
+        return local_attention(q, k, v, window, scale)
     qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))  # SDPA wants [B, H, T, D]
     gqa = qt.shape[1] != kt.shape[1]
-    t_q, t_k = q.shape[1], k.shape[1]
     if window is None and t_q == t_k:
         out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, scale=scale, enable_gqa=gqa)
     else:  # queries are the last t_q positions of the keys (decoding against a cache)
@@ -45,3 +48,45 @@ def causal_attention(
         mask = (j <= i) if window is None else (j <= i) & (i - j < window)
         out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, scale=scale, enable_gqa=gqa)
     return out.transpose(1, 2)
+
+
+def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, scale: float | None = None) -> torch.Tensor:
+    """Sliding-window causal attention in O(T W): queries in blocks of W, each block attending to the
+    keys from W - 1 before its first query to its last (2W - 1 keys), so no T x T score matrix exists.
+    Same layouts and result as `causal_attention(..., window=W)` (its naive twin is
+    `sliding_window_attention_naive`)."""
+    b, t, h, d = q.shape
+    scale = d**-0.5 if scale is None else scale
+    block, span = window, 2 * window - 1
+    n = -(-t // block)
+    pad = n * block - t
+    qb = F.pad(q, (0, 0, 0, 0, 0, pad)).view(b, n, block, h, d).transpose(2, 3)  # [B, n, H, block, D]
+
+    def windows(x: torch.Tensor) -> torch.Tensor:  # [B, n, Hkv, span, D]: keys W-1 before each block to its end
+        x = F.pad(x, (0, 0, 0, 0, window - 1, pad))
+        return x.unfold(1, span, block).permute(0, 1, 2, 4, 3)
+
+    kb, vb = windows(k), windows(v)
+    r = torch.arange(block, device=q.device)[:, None]  # query offset in its block
+    c = torch.arange(span, device=q.device)[None, :]  # key offset in its window (key = block start - W + 1 + c)
+    start = torch.arange(n, device=q.device)[:, None, None] * block
+    mask = (c >= r) & (c <= r + window - 1) & (start - (window - 1) + c >= 0)  # [n, block, span]
+    out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask[None, :, None], scale=scale, enable_gqa=kb.shape[2] != h)
+    return out.transpose(2, 3).reshape(b, n * block, h, d)[:, :t]
+
+
+def sliding_window_attention_naive(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None = None, scale: float | None = None
+) -> torch.Tensor:
+    """The oracle: explicit scores over all T x T pairs, masked to W(t) = {s <= t, t - s < window},
+    softmax, weighted values; accumulates in float32 (float64 for float64 inputs)."""
+    acc = torch.promote_types(q.dtype, torch.float32)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    group = q.shape[2] // k.shape[2]
+    kk, vv = (x.repeat_interleave(group, dim=2).to(acc) for x in (k, v))
+    scores = torch.einsum("bthd,bshd->bhts", q.to(acc), kk) * scale
+    i = torch.arange(q.shape[1], device=q.device)[:, None]
+    j = torch.arange(k.shape[1], device=q.device)[None, :]
+    visible = (j <= i) if window is None else (j <= i) & (i - j < window)
+    weights = scores.masked_fill(~visible, float("-inf")).softmax(-1)
+    return torch.einsum("bhts,bshd->bthd", weights, vv).to(q.dtype)
