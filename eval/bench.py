@@ -24,6 +24,9 @@ names) adds one row per sequence mixer of ``conf/block/`` at d_model 256 with it
 timing the whole block forward and backward, parameter gradients included; a new block file is
 picked up without code changes.
 
+Training: ``python -m eval.bench train [train.py overrides]`` times the framework's training loop
+against a bare PyTorch loop over the same model and batches (`eval.train_bench`).
+
 MoE against dense: ``python -m eval.bench moe [--tokens 4096] [--d-model 256] [--experts 8] [--top-k 2]``
 times one MoE layer (`arch.blocks.moe`, dropless, default options) forward and backward, parameter
 gradients included, next to a dense SwiGLU whose hidden size is top_k times an expert's, so both have
@@ -335,6 +338,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["moe"]:
         return moe_main(argv[1:])
+    if argv[:1] == ["train"]:
+        from eval.train_bench import main as train_main
+
+        return train_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m eval.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--T", type=int, nargs="+", default=[512, 2048, 8192], help="sequence lengths")

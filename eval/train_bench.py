@@ -1,0 +1,166 @@
+"""Training throughput of the framework against a bare PyTorch loop, in one process:
+
+    python -m eval.bench train [train.py overrides] [--steps 175] [--warmup 20]
+
+(a) the framework: `training.run.train` on the composed config (LightningModule, Trainer, loggers and
+callbacks as a real run; checkpoints and validation pushed past the timed steps), with a timer
+callback; (b) a bare loop over the same model (`LMTask.model`, built with the same seed), the same
+AdamW groups and schedule (`LMTask.configure_optimizers`), the same batches (the data module's
+loader, no trainer), gradient clipping as configured: ``loss.backward(); clip; step; zero_grad``.
+
+Printed per side: steady-state tokens/s (median over the steps after ``--warmup``), step time, peak
+memory (CUDA: max allocated; CPU: the process's peak resident set so far) and MFU against
+`training.peak` (FLOPs per token from `arch.flops`), then ``framework/bare: X.XXx`` (tokens/s).
+Compile time and warm-up are excluded by the warm-up window.
+
+Without overrides the model is issue #15's transformer: 4 layers, d_model 256, 4 heads, SwiGLU 672,
+a 4096-token BPE of the embedded corpus, T = 512, micro-batch 8, fp32, AdamW.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+import lightning.pytorch as pl
+import torch
+
+DEFAULT = [
+    "model=transformer",
+    "data.tokenizer=bpe",
+    "data.bpe_vocab_size=4096",
+    "data.seq_len=512",
+    "data.batch_size=8",
+]
+
+
+class StepTimer(pl.Callback):
+    """Wall time at the end of every training batch, written to ``run_dir/step_times.json``."""
+
+    def __init__(self, run_dir: str):
+        self.path = Path(run_dir) / "step_times.json"
+        self.times: list[float] = []
+
+    def on_train_batch_end(self, *args) -> None:
+        self.times.append(time.perf_counter())
+
+    def on_train_end(self, *args) -> None:
+        self.path.write_text(json.dumps(self.times))
+
+
+def _peak_memory_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _steady(times: list[float], warmup: int) -> float:
+    """Median seconds per step over the intervals after ``warmup`` steps."""
+    intervals = [b - a for a, b in zip(times[warmup:], times[warmup + 1 :])]
+    if not intervals:
+        raise SystemExit(f"error: --steps must exceed --warmup + 1 (got {len(times)} steps, warm-up {warmup}).")
+    return statistics.median(intervals)
+
+
+def bare_loop(values: dict, datamodule, steps: int) -> tuple[list[float], torch.nn.Module, torch.device]:
+    from training.task import LMTask
+
+    pl.seed_everything(values["seed"], workers=True, verbose=False)
+    vocab = values["model"].get("vocab_size") or datamodule.vocab_size
+    task = LMTask(values["model"], vocab, values["optim"], values["schedule"], steps)
+    device = torch.device("cuda" if values["trainer"].get("accelerator") in ("gpu", "cuda") else "cpu")
+    model = task.model.to(device)
+    config = task.configure_optimizers()
+    opt, sched = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    clip = values["trainer"].get("gradient_clip_val")
+    datamodule.setup("fit")
+    times = []
+    batches = iter(datamodule.train_dataloader())
+    for _ in range(steps):
+        batch = next(batches)
+        ids, labels = batch["input_ids"].to(device), batch["labels"].to(device)
+        loss = model.loss(ids, labels)
+        aux = model.aux_losses()
+        if aux:
+            loss = loss + sum(aux.values())
+        loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter())
+    return times, model, device
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from omegaconf import OmegaConf
+
+    from arch.flops import training_flops_per_token
+    from training.compose import compose
+    from training.config import validate
+    from training.peak import peak_flops
+    from training.run import resolve, train
+
+    parser = argparse.ArgumentParser(
+        prog="python -m eval.bench train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("overrides", nargs="*", help="train.py overrides (default: the transformer of issue #15)")
+    parser.add_argument("--steps", type=int, default=175)
+    parser.add_argument("--warmup", type=int, default=20, help="steps left out of the median (warm-up, compilation)")
+    parser.add_argument("--bare-first", action="store_true", help="run the bare loop before the framework")
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    overrides = DEFAULT + args.overrides
+    timed = [
+        f"trainer.max_steps={args.steps}",
+        f"trainer.val_check_interval={args.steps}",
+        f"callbacks.checkpoint.every_n_steps={10 * args.steps}",
+        "callbacks.progress=null",
+        "+callbacks.step_timer._target_=eval.train_bench.StepTimer",
+    ]
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = compose([*overrides, *timed, f"paths.runs={tmp}"])
+        values = resolve(cfg)
+        seq_len, batch = values["data"]["seq_len"], values["data"]["batch_size"]
+
+        def framework():
+            run_dir = Path(tmp) / "framework"
+            train(cfg, run_dir)
+            times = json.loads((run_dir / "step_times.json").read_text())
+            from training.task import LMTask
+
+            task = LMTask.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt", map_location="cpu")
+            on_gpu = torch.cuda.is_available() and values["trainer"].get("accelerator") in ("gpu", "cuda", "auto")
+            device = torch.device("cuda" if on_gpu else "cpu")
+            results["framework"] = (times, task.model, device, _peak_memory_mib(device))
+
+        def bare():
+            datamodule = validate(resolve(cfg), Path(tmp) / "bare").datamodule
+            times, model, device = bare_loop(values, datamodule, args.steps)
+            results["bare"] = (times, model, device, _peak_memory_mib(device))
+
+        for side in (bare, framework) if args.bare_first else (framework, bare):
+            side()
+    precision = str(values["trainer"].get("precision") or "32-true")
+    print(f"\n{' '.join(overrides)}: {args.steps} steps, median over steps {args.warmup + 1}-{args.steps}, "
+          f"T={seq_len}, batch {batch}, {torch.get_num_threads()} threads\n")
+    print("| loop | tokens/s | step ms | peak memory MiB | MFU |\n| --- | ---: | ---: | ---: | ---: |")
+    tps = {}
+    for side in ("framework", "bare"):
+        times, model, device, memory = results[side]
+        step = _steady(times, args.warmup)
+        tps[side] = seq_len * batch / step
+        peak = peak_flops(None, device, precision, OmegaConf.to_container(cfg.paths, resolve=True)["cache"])
+        mfu = tps[side] * training_flops_per_token(model, seq_len) / peak if peak else float("nan")
+        print(f"| {side} | {tps[side]:,.0f} | {1e3 * step:.1f} | {memory:,.0f} | {100 * mfu:.1f}% |")
+    print(f"\nframework/bare: {tps['framework'] / tps['bare']:.2f}x")
