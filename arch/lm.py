@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from arch.blocks.mlp import Identity
@@ -43,6 +44,8 @@ class ModelConfig:
     # the training loss's head + cross-entropy, this many tokens at a time (arch.ops.cross_entropy:
     # no [tokens, vocab] logits beyond one chunk); None: one unfused F.cross_entropy over all logits
     loss_chunk_size: int | None = bounded(1024, gt=0)
+    # recompute each layer's activations in the backward pass instead of keeping them (training only)
+    activation_checkpointing: bool = False
 
     def layer_names(self) -> list[str]:
         """Block name of every layer: the pattern cycled, then the overrides."""
@@ -200,8 +203,9 @@ class LanguageModel(nn.Module):
     def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Final-normed hidden states [B, T, d_model] for token ids [B, T]."""
         x, shared = self._embed(input_ids), {}
+        recompute = self.config.activation_checkpointing and self.training and torch.is_grad_enabled()
         for layer in self.layers:
-            x = layer(x, shared)
+            x = torch.utils.checkpoint.checkpoint(layer, x, shared, use_reentrant=False) if recompute else layer(x, shared)
         return self.norm(x)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:

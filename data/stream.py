@@ -79,4 +79,6 @@ def stream_loader(trainer, n_examples: int, batch_size: int, make_batch, *, seed
     start = 0 if trainer is None else trainer.global_step * trainer.accumulate_grad_batches
     rank, world = (0, 1) if trainer is None else (trainer.global_rank, trainer.world_size)
     stream = BatchStream(n_examples, batch_size, make_batch, seed=seed, start_batch=start, rank=rank, world_size=world)
-    return DataLoader(stream, batch_size=None, num_workers=num_workers, persistent_workers=False)
+    # page-locked host batches when the trainer trains on a GPU: their copy to the device can overlap
+    pin = trainer is not None and getattr(getattr(trainer, "strategy", None), "root_device", torch.device("cpu")).type == "cuda"
+    return DataLoader(stream, batch_size=None, num_workers=num_workers, persistent_workers=False, pin_memory=pin)

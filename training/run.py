@@ -74,6 +74,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         log.info("budget_flops=%.3g: %d steps", run.budget_flops, trainer_spec["max_steps"])
     max_steps = trainer_spec["max_steps"]
     task = LMTask(values["model"], vocab_size, values["optim"], values["schedule"], max_steps)
+    compile_model(task.model, run.compile, trainer_spec.get("accelerator", "auto"))
     init_weights = None
     if run.init_from is not None:  # the weights must fit the model (vocabulary included) before anything is written
         init_weights = read_model_weights(Path(run.init_from))[0]
@@ -158,6 +159,19 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
         report(metrics, run_dir)
     return metrics
+
+
+def compile_model(model: LanguageModel, mode: str, accelerator: str) -> None:
+    """``compile``: torch.compile the model or each layer in place (`nn.Module.compile`, so state-dict
+    names do not change); ``auto`` compiles the layers when training on CUDA, nothing on CPU."""
+    if mode == "auto":
+        on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+        mode = "layers" if on_gpu else "none"
+    if mode == "model":
+        model.compile()
+    elif mode == "layers":
+        for layer in model.layers:
+            layer.compile()
 
 
 def _print_header(model: LanguageModel, run: RunConfig, datamodule: Any, max_steps: int, trainer, run_dir: Path) -> None:
