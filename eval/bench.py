@@ -159,6 +159,7 @@ def based(op: Callable[..., Any], **kwargs: Any) -> Callable[..., Any]:
 
 CASES: list[BenchCase] = [
     BenchCase("sdpa", "sdpa", attention_inputs, sdpa, baseline=True),
+    BenchCase("sdpa", "flash_attn", attention_inputs, lambda *x: causal_attention(*x, backend="flash_attn"), kernel="flash_attn"),
     BenchCase("gla", "chunked", gla_inputs, lambda *x: gated_linear_attention(*x, backend="torch")),
     BenchCase("gla", "fla", gla_inputs, lambda *x: gated_linear_attention(*x, backend="fla"), kernel="fla"),
     BenchCase("gla", "naive", gla_inputs, gated_linear_attention_naive),
