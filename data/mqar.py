@@ -125,7 +125,7 @@ class MQARDataModule(pl.LightningDataModule):
         batch_size: int = 64,
         batch_tokens: int | None = None,
         eval_batch_size: int = 256,
-        num_workers: int = 0,
+        num_workers: int | None = None,
         seed: int = 0,
     ):
         super().__init__()

@@ -10,6 +10,7 @@ twice the batch.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 
 import torch
@@ -71,7 +72,7 @@ class BatchStream(IterableDataset):
             g += n_workers
 
 
-def stream_loader(trainer, n_examples: int, batch_size: int, make_batch, *, seed: int, num_workers: int = 0):
+def stream_loader(trainer, n_examples: int, batch_size: int, make_batch, *, seed: int, num_workers: int | None = None):
     """The training DataLoader of a DataModule attached to ``trainer``: starts at the batch that
     follows the restored optimizer step, with this process's rank and the world size."""
     from torch.utils.data import DataLoader
@@ -80,5 +81,7 @@ def stream_loader(trainer, n_examples: int, batch_size: int, make_batch, *, seed
     rank, world = (0, 1) if trainer is None else (trainer.global_rank, trainer.world_size)
     stream = BatchStream(n_examples, batch_size, make_batch, seed=seed, start_batch=start, rank=rank, world_size=world)
     # page-locked host batches when the trainer trains on a GPU: their copy to the device can overlap
-    pin = trainer is not None and getattr(getattr(trainer, "strategy", None), "root_device", torch.device("cpu")).type == "cuda"
-    return DataLoader(stream, batch_size=None, num_workers=num_workers, persistent_workers=False, pin_memory=pin)
+    on_gpu = trainer is not None and getattr(getattr(trainer, "strategy", None), "root_device", torch.device("cpu")).type == "cuda"
+    if num_workers is None:  # sized to the machine: none beside CPU training, a few per GPU process
+        num_workers = min(4, max(0, (os.cpu_count() or 1) // world - 1)) if on_gpu else 0
+    return DataLoader(stream, batch_size=None, num_workers=num_workers, persistent_workers=False, pin_memory=on_gpu)

@@ -63,7 +63,7 @@ class TextDataModule(pl.LightningDataModule):
         val_fraction: float = 0.02,
         val_batches: int = 20,
         max_files: int | None = None,
-        num_workers: int = 0,
+        num_workers: int | None = None,
         seed: int = 0,
         cache_dir: str = "~/.cache/mixerlab",
     ):
