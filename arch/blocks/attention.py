@@ -47,7 +47,7 @@ class Attention(nn.Module):
         self.kv_proj = nn.Linear(d_model, 2 * self.n_kv_heads * self.head_dim, bias=bias)
         self.out_proj = nn.Linear(n_heads * self.head_dim, d_model, bias=bias)
 
-    def _qkv(self, x: torch.Tensor, positions: torch.Tensor):
+    def _qkv(self, x: torch.Tensor, positions: torch.Tensor | range):
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim)
         k, v = self.kv_proj(x).view(b, t, 2, self.n_kv_heads, self.head_dim).unbind(2)
@@ -57,7 +57,7 @@ class Attention(nn.Module):
         return q, k, v
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self._qkv(x, torch.arange(x.shape[1], device=x.device))
+        q, k, v = self._qkv(x, range(x.shape[1]))
         o = causal_attention(q, k, v, window=self.window, backend=self.backend)
         return self.out_proj(o.flatten(2))
 

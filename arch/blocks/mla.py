@@ -93,7 +93,7 @@ class MLA(nn.Module):
         return self.out_proj(o.flatten(2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(x.shape[1], device=x.device)
+        positions = range(x.shape[1])
         return self._attend(self._queries(x, positions), *self._latents(x, positions))
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> dict:

@@ -123,7 +123,7 @@ class MoA(nn.Module):
         return self.out_proj(o.flatten(2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(x.shape[1], device=x.device)
+        positions = range(x.shape[1])
         q, k, v = self._project(x, positions)
         return self._mix(x, q, k, v)
 

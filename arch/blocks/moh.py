@@ -76,7 +76,7 @@ class MoH(Attention):
         return routed.reshape(b, t, -1).to(x.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self._qkv(x, torch.arange(x.shape[1], device=x.device))
+        q, k, v = self._qkv(x, range(x.shape[1]))
         o = causal_attention(q, k, v, window=self.window, backend=self.backend)
         return self.out_proj((o * self.gates(x)[..., None]).flatten(2))
 

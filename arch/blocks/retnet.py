@@ -61,7 +61,7 @@ class RetNet(nn.Module):
     def _mix(self, x: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict]:
         batch, length, _ = x.shape
         start = 0 if state is None else state["pos"]
-        positions = torch.arange(start, start + length, device=x.device)
+        positions = range(start, start + length)
         q = rotary_embedding(self.q_proj(x).unflatten(-1, (self.n_heads, self.head_k)), positions, self.rope_base)
         k = rotary_embedding(self.k_proj(x).unflatten(-1, (self.n_heads, self.head_k)), positions, self.rope_base)
         v = self.v_proj(x).unflatten(-1, (self.n_heads, self.head_v))

@@ -68,3 +68,14 @@ def test_flash_backend_on_cpu_is_a_clear_error():
 def test_gqa_needs_divisible_heads():
     with pytest.raises(ValueError, match="multiple"):
         Attention(D, 0, n_heads=4, n_kv_heads=3)
+
+
+def test_rope_tables_cached_in_inference_mode_serve_a_later_training_forward():
+    from arch.ops import rotary_embedding
+
+    x = torch.randn(1, 7, 2, 8)
+    with torch.inference_mode():
+        rotary_embedding(x, range(7))  # validation fills the cache first
+    leaf = x.clone().requires_grad_()
+    rotary_embedding(leaf, range(7)).sum().backward()  # the cached tables can be saved for backward
+    torch.testing.assert_close(rotary_embedding(x, range(7)), rotary_embedding(x, torch.arange(7)), rtol=0, atol=0)

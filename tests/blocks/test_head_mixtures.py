@@ -38,7 +38,7 @@ def test_moa_selected_heads_equal_every_expert_with_unselected_gated_to_zero():
     moa = randomised(MoA(D, 0, n_experts=4, top_k=2, expert_heads=2, head_dim=8, n_kv_heads=2))
     x = torch.randn(2, 11, D, dtype=torch.float64)
     b, t = x.shape[:2]
-    q, k, v = moa._project(x, torch.arange(t))
+    q, k, v = moa._project(x, range(t))
     weights, experts = moa._route(x)
     gates = torch.zeros(b, t, 4, dtype=x.dtype).scatter(-1, experts, weights)
     expected = 0
