@@ -17,11 +17,14 @@ CamelCase. Files that hold a family, and the presets named after a model rather 
 
     conf/block/<name>.yaml   file                  class              model presets using it
     attention                attention.py          Attention          transformer, based (swa), griffin, samba, h3, jamba
+    attention_variants       attention.py          Attention          (every option at once: the contract test)
     base_conv                base_conv.py          BaseConv           based, based_tradeoff (Based's gated short conv)
     zoology_base_conv        base_conv.py          ZoologyBaseConv    base_conv, zoology_fig2 (Zoology's BaseConv)
+    fox                      attention.py          Attention          fox (forgetting attention)
     gla                      gla.py                GLA                gla
     h3                       h3.py                 H3                 h3
     hgrn2                    hgrn2.py              HGRN2              hgrn2
+    kv_shift                 attention.py          Attention          kv_shift
     linear_attention         linear_attention.py   LinearAttention    linear_attention, based
     mamba                    mamba.py              Mamba              mamba, jamba, samba
     mamba2                   mamba2.py             Mamba2             mamba2

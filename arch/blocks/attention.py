@@ -1,23 +1,42 @@
 """Causal multi-head softmax attention (Vaswani et al. 2017) with GQA/MQA (Ainslie et al. 2023;
-Shazeer 2019), rotary positions (Su et al. 2021) and an optional sliding window (Longformer, Mistral)."""
+Shazeer 2019), rotary positions (Su et al. 2021), an optional sliding window (Longformer, Mistral),
+and options from the attention-variant literature, each off by default (the block is then plain
+attention, parameter for parameter):
+
+    qk_norm          q, k <- RMSNorm(q), RMSNorm(k) per head, learned scale (QK-norm; "Rope to Nope and
+                     Back Again"), before RoPE
+    rope_fraction    RoPE on the first rope_fraction of each head's channel pairs, none on the rest
+                     ("Towards Economical Inference", partial RoPE)
+    kv_shift         k_t <- a1 k_t + a2 k_{t-1}, v_t <- b1 v_t + b2 v_{t-1} (k_{-1} = 0), learned scalars
+                     per K/V head, a1, b1 ~ U(0, 1), a2 = 1 - a1, b2 = 1 - b1 ("KV Shifting Attention
+                     Enhances Language Modeling", eq. 4-6); applied to the projections, before RoPE
+    temperature      per_head: logits_h <- exp(s_h) logits_h, s_h learned, 0 at init
+    forget_gate      logits_ts += sum_{l = s+1..t} log f_l, f_t = sigmoid(w_h . x_t + b_h) per head
+                     (the Forgetting Transformer, Lin et al. 2025; W ~ N(0, 0.02), b = 0)
+    output_gate      o <- sigmoid(x W_g) * o before the output projection (gated attention)
+
+q = x W_q, k = x W_k, v = x W_v (n_kv_heads K/V heads shared by groups of query heads), RoPE on q and
+k, o = softmax(q k^T / sqrt(d_head) + causal/window mask) v, y = o W_out.
+
+window: each token attends to itself and the ``window - 1`` previous tokens (None = all).
+The decode state is the K/V cache, truncated to the window; with kv_shift also the previous token's
+unshifted k and v, with forget_gate the cumulative log forget gate of every cached token and of the
+current position.
+"""
 
 from __future__ import annotations
 
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from arch.ops import causal_attention, rotary_embedding
 
 
 class Attention(nn.Module):
-    """q = x W_q, k = x W_k, v = x W_v (n_kv_heads K/V heads shared by groups of query heads),
-    RoPE on q and k, o = softmax(q k^T / sqrt(d_head) + causal/window mask) v, y = o W_out.
-
-    window: each token attends to itself and the ``window - 1`` previous tokens (None = all).
-    The decode state is the K/V cache, truncated to the window.
-    """
+    """Softmax attention and its options (module docstring)."""
 
     def __init__(
         self,
@@ -31,6 +50,12 @@ class Attention(nn.Module):
         window: int | None = None,
         bias: bool = False,
         backend: str = "auto",
+        qk_norm: bool = False,
+        rope_fraction: float = 1.0,
+        kv_shift: bool = False,
+        temperature: Literal["none", "per_head"] = "none",
+        forget_gate: bool = False,
+        output_gate: bool = False,
     ):
         super().__init__()
         self.n_heads = n_heads
@@ -38,42 +63,134 @@ class Attention(nn.Module):
         if n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads={n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}")
         self.head_dim = head_dim or d_model // n_heads
-        if position == "rope" and self.head_dim % 2:
-            raise ValueError(f"RoPE needs an even head_dim, got {self.head_dim}")
+        if not 0 < rope_fraction <= 1:
+            raise ValueError(f"rope_fraction must be in (0, 1], got {rope_fraction}")
+        self.rope_dim = 2 * round(rope_fraction * self.head_dim / 2)
+        if position == "rope" and (self.head_dim % 2 or self.rope_dim == 0):
+            raise ValueError(f"RoPE needs an even head_dim and rope_fraction * head_dim >= 2, got {self.head_dim}, {rope_fraction}")
         if window is not None and window < 1:
             raise ValueError(f"window must be >= 1 or None, got {window}")
+        if temperature not in ("none", "per_head"):
+            raise ValueError(f"temperature must be 'none' or 'per_head', got {temperature!r}")
         self.position, self.rope_base, self.window, self.backend = position, rope_base, window, backend
         self.q_proj = nn.Linear(d_model, n_heads * self.head_dim, bias=bias)
         self.kv_proj = nn.Linear(d_model, 2 * self.n_kv_heads * self.head_dim, bias=bias)
         self.out_proj = nn.Linear(n_heads * self.head_dim, d_model, bias=bias)
+        self.q_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else None
+        self.k_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else None
+        self.kv_shift = nn.Parameter(torch.empty(2, 2, self.n_kv_heads)) if kv_shift else None  # [k|v, current|previous, head]
+        self.log_temperature = nn.Parameter(torch.zeros(n_heads)) if temperature == "per_head" else None
+        self.forget_proj = nn.Linear(d_model, n_heads, bias=True) if forget_gate else None
+        self.g_proj = nn.Linear(d_model, n_heads * self.head_dim, bias=False) if output_gate else None
+        self.init_weights()
 
-    def _qkv(self, x: torch.Tensor, positions: torch.Tensor | range):
+    def init_weights(self) -> None:
+        if self.kv_shift is not None:
+            with torch.no_grad():
+                current = torch.rand(2, self.n_kv_heads)
+                self.kv_shift[:, 0] = current
+                self.kv_shift[:, 1] = 1 - current
+        if self.log_temperature is not None:
+            nn.init.zeros_(self.log_temperature)
+        if self.forget_proj is not None:
+            nn.init.zeros_(self.forget_proj.bias)
+
+    def _rope(self, x: torch.Tensor, positions) -> torch.Tensor:
+        if self.rope_dim == self.head_dim:
+            return rotary_embedding(x, positions, self.rope_base)
+        rotated, rest = x.split([self.rope_dim, self.head_dim - self.rope_dim], -1)
+        return torch.cat([rotary_embedding(rotated, positions, self.rope_base), rest], -1)
+
+    def _project(self, x: torch.Tensor):
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim)
         k, v = self.kv_proj(x).view(b, t, 2, self.n_kv_heads, self.head_dim).unbind(2)
-        if self.position == "rope":
-            q = rotary_embedding(q, positions, self.rope_base)
-            k = rotary_embedding(k, positions, self.rope_base)
         return q, k, v
 
+    def _shift(self, k: torch.Tensor, v: torch.Tensor, prev_k: torch.Tensor, prev_v: torch.Tensor):
+        """KV shifting: mix each token's k, v with the previous token's (prev_*: the token before the first)."""
+        w = self.kv_shift.to(k.dtype)[..., None]  # [2, 2, Hkv, 1]
+        k_prev, v_prev = torch.cat([prev_k, k[:, :-1]], 1), torch.cat([prev_v, v[:, :-1]], 1)
+        return w[0, 0] * k + w[0, 1] * k_prev, w[1, 0] * v + w[1, 1] * v_prev
+
+    def _finish_qk(self, q: torch.Tensor, k: torch.Tensor, positions) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.position == "rope":
+            q, k = self._rope(q, positions), self._rope(k, positions)
+        if self.log_temperature is not None:
+            q = q * self.log_temperature.exp().to(q.dtype)[:, None]
+        return q, k
+
+    def _qkv(self, x: torch.Tensor, positions: torch.Tensor | range):
+        """q, k, v of a whole sequence (no kv_shift: that needs the previous token, see forward/step)."""
+        q, k, v = self._project(x)
+        q, k = self._finish_qk(q, k, positions)
+        return q, k, v
+
+    def _log_forget(self, x: torch.Tensor) -> torch.Tensor:
+        return F.logsigmoid(self.forget_proj(x).to(torch.promote_types(x.dtype, torch.float32)))  # [B, T, H]
+
+    def _output(self, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+        o = o.flatten(2)
+        if self.g_proj is not None:
+            o = o * torch.sigmoid(self.g_proj(x))
+        return self.out_proj(o)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self._qkv(x, range(x.shape[1]))
-        o = causal_attention(q, k, v, window=self.window, backend=self.backend)
-        return self.out_proj(o.flatten(2))
+        positions = range(x.shape[1])
+        q, k, v = self._project(x)
+        if self.kv_shift is not None:
+            zero = k.new_zeros(k.shape[0], 1, *k.shape[2:])
+            k, v = self._shift(k, v, zero, zero)
+        q, k = self._finish_qk(q, k, positions)
+        bias = None
+        if self.forget_proj is not None:
+            cum = self._log_forget(x).cumsum(1).transpose(1, 2)  # [B, H, T]: F_t
+            bias = cum[..., :, None] - cum[..., None, :]  # F_t - F_s = sum_{l=s+1..t} log f_l
+        o = causal_attention(q, k, v, window=self.window, bias=bias, backend=self.backend)
+        return self._output(x, o)
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> dict:
         empty = torch.zeros(batch_size, 0, self.n_kv_heads, self.head_dim, device=device, dtype=dtype)
-        return {"k": empty, "v": empty.clone(), "pos": 0}
+        state = {"k": empty, "v": empty.clone(), "pos": 0}
+        if self.kv_shift is not None:
+            state["prev_k"] = torch.zeros(batch_size, 1, self.n_kv_heads, self.head_dim, device=device, dtype=dtype)
+            state["prev_v"] = state["prev_k"].clone()
+        if self.forget_proj is not None:
+            acc = torch.promote_types(dtype or torch.float32, torch.float32)
+            state["cum"] = torch.zeros(batch_size, self.n_heads, 0, device=device, dtype=acc)
+            state["now"] = torch.zeros(batch_size, self.n_heads, 1, device=device, dtype=acc)
+        return state
 
     def step(self, x: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
-        q, k, v = self._qkv(x, torch.tensor([state["pos"]], device=x.device))
+        new = {"pos": state["pos"] + 1}
+        q, k, v = self._project(x)
+        if self.kv_shift is not None:
+            new["prev_k"], new["prev_v"] = k, v
+            k, v = self._shift(k, v, state["prev_k"], state["prev_v"])
+        q, k = self._finish_qk(q, k, torch.tensor([state["pos"]], device=x.device))
         k = torch.cat([state["k"], k], dim=1)
         v = torch.cat([state["v"], v], dim=1)
+        bias = None
+        if self.forget_proj is not None:
+            now = state["now"] + self._log_forget(x).transpose(1, 2)  # [B, H, 1]: F_t
+            cum = torch.cat([state["cum"], now], -1)  # F of every cached token
+            if self.window is not None:
+                cum = cum[..., -self.window :]
+            new["now"], new["cum"] = now, cum
+            bias = (now - cum)[:, :, None, :]  # [B, H, 1, Tk]
         if self.window is not None:
             k, v = k[:, -self.window :], v[:, -self.window :]
-        o = causal_attention(q, k, v, window=self.window, backend=self.backend)
-        return self.out_proj(o.flatten(2)), {"k": k, "v": v, "pos": state["pos"] + 1}
+        o = causal_attention(q, k, v, window=self.window, bias=bias, backend=self.backend)
+        new["k"], new["v"] = k, v
+        return self._output(x, o), new
 
     def state_size(self, seq_len: int) -> int:
         cached = seq_len if self.window is None else min(seq_len, self.window)
-        return 2 * self.n_kv_heads * self.head_dim * cached
+        size = 2 * self.n_kv_heads * self.head_dim * cached
+        if self.kv_shift is not None:
+            size += 2 * self.n_kv_heads * self.head_dim
+        if self.forget_proj is not None:
+            size += self.n_heads * (cached + 1)
+        return size

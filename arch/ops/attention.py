@@ -1,6 +1,6 @@
 """Causal softmax attention with optional sliding window and grouped K/V heads:
 
-    o_t = sum_{s in W(t)} softmax_s(scale * q_t . k_s) v_s,   W(t) = {s <= t, t - s < window}
+o_t = sum_{s in W(t)} softmax_s(scale * q_t . k_s) v_s,   W(t) = {s <= t, t - s < window}
 """
 
 from __future__ import annotations
@@ -18,16 +18,20 @@ def causal_attention(
     *,
     window: int | None = None,
     scale: float | None = None,
+    bias: torch.Tensor | None = None,
     backend: str = "auto",
 ) -> torch.Tensor:
-    """o_t = sum_{s in W(t)} softmax_s(scale * q_t . k_s) v_s with W(t) = {s <= t, t - s < window}.
+    """o_t = sum_{s in W(t)} softmax_s(scale * q_t . k_s + bias_ts) v_s with W(t) = {s <= t, t - s < window}.
 
     q: [B, T, H, D]; k, v: [B, T, Hkv, D] with H a multiple of Hkv (MHA Hkv=H, GQA, MQA Hkv=1).
     ``window=None`` is full causal attention; a window of W lets each token see itself and the
     W-1 tokens before it; beyond T = 2W the PyTorch path is blocked (`local_attention`, O(T W)).
-    Uses flash-attn on CUDA (fp16/bf16) when installed, else PyTorch SDPA.
+    Uses flash-attn on CUDA (fp16/bf16) when installed, else PyTorch SDPA. ``bias``: an additive
+    logit bias [B, H, Tq, Tk] (the forgetting transformer's decay), through SDPA's float mask.
     """
     scale = q.shape[-1] ** -0.5 if scale is None else scale
+    if bias is not None:
+        return _biased(q, k, v, bias, window, scale)
     if q.dtype in (torch.float16, torch.bfloat16) and use_kernel(backend, "flash_attn", "flash_attn", q, k, v):
         from flash_attn import flash_attn_func
 
@@ -47,6 +51,20 @@ def causal_attention(
         j = torch.arange(t_k, device=q.device)[None, :]
         mask = (j <= i) if window is None else (j <= i) & (i - j < window)
         out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, scale=scale, enable_gqa=gqa)
+    return out.transpose(1, 2)
+
+
+def _visible(t_q: int, t_k: int, window: int | None, device) -> torch.Tensor:
+    """[Tq, Tk] boolean: the queries are the last Tq positions of the Tk keys."""
+    i = torch.arange(t_k - t_q, t_k, device=device)[:, None]
+    j = torch.arange(t_k, device=device)[None, :]
+    return (j <= i) if window is None else (j <= i) & (i - j < window)
+
+
+def _biased(q, k, v, bias, window, scale) -> torch.Tensor:
+    qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
+    mask = bias.to(qt.dtype).masked_fill(~_visible(q.shape[1], k.shape[1], window, q.device), float("-inf"))
+    out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, scale=scale, enable_gqa=qt.shape[1] != kt.shape[1])
     return out.transpose(1, 2)
 
 
@@ -76,7 +94,12 @@ def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: i
 
 
 def sliding_window_attention_naive(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None = None, scale: float | None = None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    window: int | None = None,
+    scale: float | None = None,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The oracle: explicit scores over all T x T pairs, masked to W(t) = {s <= t, t - s < window},
     softmax, weighted values; accumulates in float32 (float64 for float64 inputs)."""
@@ -85,6 +108,8 @@ def sliding_window_attention_naive(
     group = q.shape[2] // k.shape[2]
     kk, vv = (x.repeat_interleave(group, dim=2).to(acc) for x in (k, v))
     scores = torch.einsum("bthd,bshd->bhts", q.to(acc), kk) * scale
+    if bias is not None:
+        scores = scores + bias.to(acc)
     i = torch.arange(q.shape[1], device=q.device)[:, None]
     j = torch.arange(k.shape[1], device=q.device)[None, :]
     visible = (j <= i) if window is None else (j <= i) & (i - j < window)

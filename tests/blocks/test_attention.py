@@ -79,3 +79,61 @@ def test_rope_tables_cached_in_inference_mode_serve_a_later_training_forward():
     leaf = x.clone().requires_grad_()
     rotary_embedding(leaf, range(7)).sum().backward()  # the cached tables can be saved for backward
     torch.testing.assert_close(rotary_embedding(x, range(7)), rotary_embedding(x, torch.arange(7)), rtol=0, atol=0)
+
+
+def _pair(**options):
+    """(plain attention, attention with options) with the same projection weights, float64."""
+    torch.manual_seed(3)
+    plain = Attention(32, 0, n_heads=4, n_kv_heads=2).double()
+    varied = Attention(32, 0, n_heads=4, n_kv_heads=2, **options).double()
+    varied.load_state_dict(plain.state_dict(), strict=False)
+    return plain, varied
+
+
+@pytest.mark.parametrize(
+    "options,neutral",
+    [
+        ({"kv_shift": True}, lambda m: m.kv_shift.data.copy_(torch.tensor([[[1.0, 1.0]], [[0.0, 0.0]]]).permute(1, 0, 2).expand(2, 2, 2))),
+        ({"temperature": "per_head"}, lambda m: m.log_temperature.data.zero_()),
+        ({"forget_gate": True}, lambda m: (m.forget_proj.weight.data.zero_(), m.forget_proj.bias.data.fill_(1e4))),
+        ({"rope_fraction": 1.0}, lambda m: None),
+    ],
+    ids=["kv_shift_1_0", "temperature_1", "forget_gate_open", "rope_fraction_1"],
+)
+def test_options_at_their_neutral_values_are_plain_attention(options, neutral):
+    plain, varied = _pair(**options)
+    neutral(varied)
+    x = torch.randn(2, 19, 32, dtype=torch.float64)
+    torch.testing.assert_close(varied(x), plain(x), rtol=1e-10, atol=1e-10)
+
+
+def test_kv_shift_mixes_each_key_and_value_with_the_previous_tokens():
+    plain, shifted = _pair(kv_shift=True, position="none")
+    plain.position = "none"
+    x = torch.randn(1, 6, 32, dtype=torch.float64)
+    q, k, v = plain._qkv(x, range(6))
+    w = shifted.kv_shift
+    prev = lambda t: torch.cat([torch.zeros_like(t[:, :1]), t[:, :-1]], 1)  # noqa: E731
+    k2 = w[0, 0][:, None] * k + w[0, 1][:, None] * prev(k)
+    v2 = w[1, 0][:, None] * v + w[1, 1][:, None] * prev(v)
+    from arch.ops.attention import sliding_window_attention_naive
+
+    expected = plain.out_proj(sliding_window_attention_naive(q, k2, v2).flatten(2))
+    torch.testing.assert_close(shifted(x), expected, rtol=1e-10, atol=1e-10)
+    assert torch.allclose(w[:, 0] + w[:, 1], torch.ones_like(w[:, 0]))  # init: a2 = 1 - a1
+
+
+def test_forget_gate_adds_the_cumulative_log_forget_to_the_logits():
+    from arch.ops.attention import sliding_window_attention_naive
+
+    plain, fox = _pair(forget_gate=True, position="none")
+    plain.position = "none"
+    x = torch.randn(1, 8, 32, dtype=torch.float64)
+    q, k, v = plain._qkv(x, range(8))
+    log_f = torch.nn.functional.logsigmoid(fox.forget_proj(x))  # [B, T, H]
+    bias = torch.zeros(1, 4, 8, 8, dtype=torch.float64)
+    for i in range(8):
+        for j in range(i + 1):
+            bias[0, :, i, j] = log_f[0, j + 1 : i + 1].sum(0)
+    expected = plain.out_proj(sliding_window_attention_naive(q, k, v, bias=bias).flatten(2))
+    torch.testing.assert_close(fox(x), expected, rtol=1e-10, atol=1e-10)
