@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from arch.blocks.init import no_weight_decay
 from arch.ops import causal_attention, rotary_embedding
 
 
@@ -79,6 +80,8 @@ class Attention(nn.Module):
         self.q_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else None
         self.k_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else None
         self.kv_shift = nn.Parameter(torch.empty(2, 2, self.n_kv_heads)) if kv_shift else None  # [k|v, current|previous, head]
+        if self.kv_shift is not None:
+            no_weight_decay(self.kv_shift)  # mixing weights, not a projection
         self.log_temperature = nn.Parameter(torch.zeros(n_heads)) if temperature == "per_head" else None
         self.forget_proj = nn.Linear(d_model, n_heads, bias=True) if forget_gate else None
         self.g_proj = nn.Linear(d_model, n_heads * self.head_dim, bias=False) if output_gate else None

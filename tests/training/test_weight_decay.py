@@ -31,8 +31,10 @@ EXEMPT_MATRICES = {
     "hawk": RGLRU,
     "hgrn2": {"layers.*.mixer.lower_bound_logits"},  # fla keeps the bound table out of weight decay
     "deepseek": set(),  # MLA's norms are vectors
+    "fox": set(),  # the forget gate's weight decays (a Linear), its bias does not (a vector)
     "gla_moe": set(),  # MoE: experts, router and shared expert all decay (Megatron, torchtitan)
     "jamba": MAMBA,
+    "kv_shift": {"layers.*.mixer.kv_shift"},  # the [2, 2, heads] mixing weights are exempt
     "linear_attention": set(),
     "mamba": MAMBA,
     "mamba2": set(),  # its A_log, D, dt_bias are vectors (and marked)
@@ -41,6 +43,7 @@ EXEMPT_MATRICES = {
     "moe": set(),
     "moh": set(),
     "retnet": set(),
+    "rope_nope": set(),
     "rwkv6": RWKV6,
     "rwkv7": RWKV7,
     "samba": MAMBA,
