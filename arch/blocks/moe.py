@@ -135,12 +135,18 @@ class MoE(nn.Module):
             rank = torch.arange(order.numel(), device=x.device) - starts.repeat_interleave(counts)
             order = order[rank < capacity]
             counts = counts.clamp(max=capacity)
-        tokens = order // k
-        hidden = self.in_proj(flat[tokens], counts.tolist())
-        gate, up = hidden.chunk(2, dim=-1)
-        out = self.out_proj(F.silu(gate) * up, counts.tolist())
-        out = out * weights.reshape(-1)[order].unsqueeze(-1).to(out.dtype)
-        y = torch.zeros_like(flat).index_add_(0, tokens, out)
+        if self.capacity_factor is None:  # a permutation: rows move by index_copy, whose backward is a gather
+            position = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=x.device))
+            rows = flat.unsqueeze(1).expand(n, k, flat.shape[-1]).reshape(n * k, -1)
+            rows = torch.empty_like(rows).index_copy(0, position, rows)  # sorted by expert
+            out = self._experts(rows, counts)
+            out = torch.empty_like(out).index_copy(0, order, out).view(n, k, -1)  # back to (token, choice)
+            y = (out * weights.unsqueeze(-1).to(out.dtype)).sum(1)
+        else:
+            tokens = order // k
+            out = self._experts(flat[tokens], counts)
+            out = out * weights.reshape(-1)[order].unsqueeze(-1).to(out.dtype)
+            y = torch.zeros_like(flat).index_add_(0, tokens, out)
         if self.shared is not None:
             y = y + self.shared(flat)
         global_counts = expert_counts(experts, self.n_experts)
@@ -153,6 +159,12 @@ class MoE(nn.Module):
             self.aux_loss = {}
         self.stats = load_stats(global_counts, "moe", self.layer_idx)
         return y.reshape(shape)
+
+    def _experts(self, rows: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """SwiGLU of each expert over its rows (rows grouped by expert, counts[e] of them)."""
+        sizes = counts.tolist()
+        gate, up = self.in_proj(rows, sizes).chunk(2, dim=-1)
+        return self.out_proj(F.silu(gate) * up, sizes)
 
     def inactive_params(self) -> int:
         """Parameters a token does not use: the n_experts - top_k experts it is not routed to
