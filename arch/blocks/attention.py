@@ -14,6 +14,9 @@ attention, parameter for parameter):
     forget_gate      logits_ts += sum_{l = s+1..t} log f_l, f_t = sigmoid(w_h . x_t + b_h) per head
                      (the Forgetting Transformer, Lin et al. 2025; W ~ N(0, 0.02), b = 0)
     output_gate      o <- sigmoid(x W_g) * o before the output projection (gated attention)
+    qkv_conv         K: q, k, v each filtered by a depthwise causal convolution of K taps over time
+                     (localized filtering, Yuan 2.0's LFA; RCMHA), initialised to the identity (the
+                     current tap 1, earlier taps 0) so training starts from plain attention
 
 q = x W_q, k = x W_k, v = x W_v (n_kv_heads K/V heads shared by groups of query heads), RoPE on q and
 k, o = softmax(q k^T / sqrt(d_head) + causal/window mask) v, y = o W_out.
@@ -33,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from arch.blocks.init import no_weight_decay
-from arch.ops import causal_attention, rotary_embedding
+from arch.ops import causal_attention, causal_conv1d, rotary_embedding
 
 
 class Attention(nn.Module):
@@ -57,6 +60,7 @@ class Attention(nn.Module):
         temperature: Literal["none", "per_head"] = "none",
         forget_gate: bool = False,
         output_gate: bool = False,
+        qkv_conv: int | None = None,
     ):
         super().__init__()
         self.n_heads = n_heads
@@ -71,6 +75,8 @@ class Attention(nn.Module):
             raise ValueError(f"RoPE needs an even head_dim and rope_fraction * head_dim >= 2, got {self.head_dim}, {rope_fraction}")
         if window is not None and window < 1:
             raise ValueError(f"window must be >= 1 or None, got {window}")
+        if qkv_conv is not None and qkv_conv < 2:
+            raise ValueError(f"qkv_conv is the filter's number of taps (>= 2) or null, got {qkv_conv}")
         if temperature not in ("none", "per_head"):
             raise ValueError(f"temperature must be 'none' or 'per_head', got {temperature!r}")
         self.position, self.rope_base, self.window, self.backend = position, rope_base, window, backend
@@ -85,6 +91,8 @@ class Attention(nn.Module):
         self.log_temperature = nn.Parameter(torch.zeros(n_heads)) if temperature == "per_head" else None
         self.forget_proj = nn.Linear(d_model, n_heads, bias=True) if forget_gate else None
         self.g_proj = nn.Linear(d_model, n_heads * self.head_dim, bias=False) if output_gate else None
+        width = (n_heads + 2 * self.n_kv_heads) * self.head_dim
+        self.qkv_conv = nn.Parameter(torch.empty(width, qkv_conv)) if qkv_conv else None  # [channels, taps]
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -97,6 +105,10 @@ class Attention(nn.Module):
             nn.init.zeros_(self.log_temperature)
         if self.forget_proj is not None:
             nn.init.zeros_(self.forget_proj.bias)
+        if self.qkv_conv is not None:
+            with torch.no_grad():
+                self.qkv_conv.zero_()
+                self.qkv_conv[:, -1] = 1.0
 
     def _rope(self, x: torch.Tensor, positions) -> torch.Tensor:
         if self.rope_dim == self.head_dim:
@@ -104,11 +116,16 @@ class Attention(nn.Module):
         rotated, rest = x.split([self.rope_dim, self.head_dim - self.rope_dim], -1)
         return torch.cat([rotary_embedding(rotated, positions, self.rope_base), rest], -1)
 
-    def _project(self, x: torch.Tensor):
+    def _project(self, x: torch.Tensor, conv_state: torch.Tensor | None = None):
+        """q, k, v [B, T, heads, head_dim] and, with qkv_conv, the filter's final state (else None)."""
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim)
-        k, v = self.kv_proj(x).view(b, t, 2, self.n_kv_heads, self.head_dim).unbind(2)
-        return q, k, v
+        q, kv = self.q_proj(x), self.kv_proj(x)
+        if self.qkv_conv is not None:
+            filtered, conv_state = causal_conv1d(torch.cat([q, kv], -1), self.qkv_conv, initial_state=conv_state, backend="torch")
+            q, kv = filtered.split([q.shape[-1], kv.shape[-1]], -1)
+        q = q.view(b, t, self.n_heads, self.head_dim)
+        k, v = kv.view(b, t, 2, self.n_kv_heads, self.head_dim).unbind(2)
+        return q, k, v, conv_state
 
     def _shift(self, k: torch.Tensor, v: torch.Tensor, prev_k: torch.Tensor, prev_v: torch.Tensor):
         """KV shifting: mix each token's k, v with the previous token's (prev_*: the token before the first)."""
@@ -127,7 +144,7 @@ class Attention(nn.Module):
 
     def _qkv(self, x: torch.Tensor, positions: torch.Tensor | range):
         """q, k, v of a whole sequence (no kv_shift: that needs the previous token, see forward/step)."""
-        q, k, v = self._project(x)
+        q, k, v, _ = self._project(x)
         q, k = self._finish_qk(q, k, positions)
         return q, k, v
 
@@ -142,7 +159,7 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         positions = range(x.shape[1])
-        q, k, v = self._project(x)
+        q, k, v, _ = self._project(x)
         if self.kv_shift is not None:
             zero = k.new_zeros(k.shape[0], 1, *k.shape[2:])
             k, v = self._shift(k, v, zero, zero)
@@ -160,6 +177,8 @@ class Attention(nn.Module):
         if self.kv_shift is not None:
             state["prev_k"] = torch.zeros(batch_size, 1, self.n_kv_heads, self.head_dim, device=device, dtype=dtype)
             state["prev_v"] = state["prev_k"].clone()
+        if self.qkv_conv is not None:
+            state["conv"] = torch.zeros(batch_size, self.qkv_conv.shape[0], self.qkv_conv.shape[1] - 1, device=device, dtype=dtype)
         if self.forget_proj is not None:
             acc = torch.promote_types(dtype or torch.float32, torch.float32)
             state["cum"] = torch.zeros(batch_size, self.n_heads, 0, device=device, dtype=acc)
@@ -168,7 +187,9 @@ class Attention(nn.Module):
 
     def step(self, x: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
         new = {"pos": state["pos"] + 1}
-        q, k, v = self._project(x)
+        q, k, v, conv = self._project(x, state.get("conv"))
+        if conv is not None:
+            new["conv"] = conv
         if self.kv_shift is not None:
             new["prev_k"], new["prev_v"] = k, v
             k, v = self._shift(k, v, state["prev_k"], state["prev_v"])
@@ -196,4 +217,6 @@ class Attention(nn.Module):
             size += 2 * self.n_kv_heads * self.head_dim
         if self.forget_proj is not None:
             size += self.n_heads * (cached + 1)
+        if self.qkv_conv is not None:
+            size += self.qkv_conv.numel() - self.qkv_conv.shape[0]  # the last taps - 1 inputs per channel
         return size

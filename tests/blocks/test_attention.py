@@ -137,3 +137,13 @@ def test_forget_gate_adds_the_cumulative_log_forget_to_the_logits():
             bias[0, :, i, j] = log_f[0, j + 1 : i + 1].sum(0)
     expected = plain.out_proj(sliding_window_attention_naive(q, k, v, bias=bias).flatten(2))
     torch.testing.assert_close(fox(x), expected, rtol=1e-10, atol=1e-10)
+
+
+def test_qkv_conv_with_its_identity_init_is_plain_attention_and_filters_once_trained():
+    plain, filtered = _pair(qkv_conv=3)
+    filtered.init_weights()  # identity taps
+    x = torch.randn(2, 11, 32, dtype=torch.float64)
+    torch.testing.assert_close(filtered(x), plain(x), rtol=1e-10, atol=1e-10)
+    with torch.no_grad():
+        filtered.qkv_conv[:, 0] = 0.5  # the token two steps back now leaks into q, k, v
+    assert (filtered(x) - plain(x)).abs().max() > 1e-3
