@@ -14,6 +14,11 @@ attention, parameter for parameter):
     forget_gate      logits_ts += sum_{l = s+1..t} log f_l, f_t = sigmoid(w_h . x_t + b_h) per head
                      (the Forgetting Transformer, Lin et al. 2025; W ~ N(0, 0.02), b = 0)
     output_gate      o <- sigmoid(x W_g) * o before the output projection (gated attention)
+    score            sigmoid: weights sigmoid(q.k / sqrt(d) + sigmoid_bias), not normalised over the keys
+                     (Gu et al. 2024, "When Attention Sink Emerges"; an explicit [T, T] path)
+    sink             learnable: softmax with a learned sink logit per head in the denominator,
+                     o_t = sum_s e^(l_ts) v_s / (e^(sink_h) + sum_s e^(l_ts)) (a key bias that absorbs
+                     attention mass; sink_h = 0 at init); not with a window
     qkv_conv         K: q, k, v each filtered by a depthwise causal convolution of K taps over time
                      (localized filtering, Yuan 2.0's LFA; RCMHA), initialised to the identity (the
                      current tap 1, earlier taps 0) so training starts from plain attention
@@ -37,6 +42,7 @@ from torch import nn
 
 from arch.blocks.init import no_weight_decay
 from arch.ops import causal_attention, causal_conv1d, rotary_embedding
+from arch.ops.attention import sigmoid_attention
 
 
 class Attention(nn.Module):
@@ -61,6 +67,9 @@ class Attention(nn.Module):
         forget_gate: bool = False,
         output_gate: bool = False,
         qkv_conv: int | None = None,
+        score: Literal["softmax", "sigmoid"] = "softmax",
+        sigmoid_bias: float = 0.0,
+        sink: Literal["none", "learnable"] = "none",
     ):
         super().__init__()
         self.n_heads = n_heads
@@ -77,6 +86,12 @@ class Attention(nn.Module):
             raise ValueError(f"window must be >= 1 or None, got {window}")
         if qkv_conv is not None and qkv_conv < 2:
             raise ValueError(f"qkv_conv is the filter's number of taps (>= 2) or null, got {qkv_conv}")
+        if score not in ("softmax", "sigmoid") or sink not in ("none", "learnable"):
+            raise ValueError(f"score must be 'softmax' or 'sigmoid' and sink 'none' or 'learnable', got {score!r}, {sink!r}")
+        if sink == "learnable" and (score == "sigmoid" or window is not None):
+            raise ValueError("sink: learnable adds a softmax denominator term: it needs score: softmax and no window")
+        if score == "sigmoid" and forget_gate:
+            raise ValueError("forget_gate biases softmax logits; with score: sigmoid it is not defined here")
         if temperature not in ("none", "per_head"):
             raise ValueError(f"temperature must be 'none' or 'per_head', got {temperature!r}")
         self.position, self.rope_base, self.window, self.backend = position, rope_base, window, backend
@@ -93,6 +108,8 @@ class Attention(nn.Module):
         self.g_proj = nn.Linear(d_model, n_heads * self.head_dim, bias=False) if output_gate else None
         width = (n_heads + 2 * self.n_kv_heads) * self.head_dim
         self.qkv_conv = nn.Parameter(torch.empty(width, qkv_conv)) if qkv_conv else None  # [channels, taps]
+        self.score, self.sigmoid_bias = score, sigmoid_bias
+        self.sink = nn.Parameter(torch.zeros(n_heads)) if sink == "learnable" else None
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -105,6 +122,8 @@ class Attention(nn.Module):
             nn.init.zeros_(self.log_temperature)
         if self.forget_proj is not None:
             nn.init.zeros_(self.forget_proj.bias)
+        if self.sink is not None:
+            nn.init.zeros_(self.sink)
         if self.qkv_conv is not None:
             with torch.no_grad():
                 self.qkv_conv.zero_()
@@ -148,6 +167,17 @@ class Attention(nn.Module):
         q, k = self._finish_qk(q, k, positions)
         return q, k, v
 
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if self.score == "sigmoid":
+            return sigmoid_attention(q, k, v, bias=self.sigmoid_bias, window=self.window)
+        if self.sink is not None:  # a zero key and value in front, its logit the sink
+            zero = k.new_zeros(k.shape[0], 1, *k.shape[2:])
+            k, v = torch.cat([zero, k], 1), torch.cat([zero, v], 1)
+            column = torch.zeros(*q.shape[:1], self.n_heads, q.shape[1], k.shape[1], dtype=q.dtype, device=q.device)
+            column[..., 0] = self.sink.to(q.dtype)[:, None]
+            bias = column if bias is None else column + F.pad(bias, (1, 0))
+        return causal_attention(q, k, v, window=self.window, bias=bias, backend=self.backend)
+
     def _log_forget(self, x: torch.Tensor) -> torch.Tensor:
         return F.logsigmoid(self.forget_proj(x).to(torch.promote_types(x.dtype, torch.float32)))  # [B, T, H]
 
@@ -168,8 +198,7 @@ class Attention(nn.Module):
         if self.forget_proj is not None:
             cum = self._log_forget(x).cumsum(1).transpose(1, 2)  # [B, H, T]: F_t
             bias = cum[..., :, None] - cum[..., None, :]  # F_t - F_s = sum_{l=s+1..t} log f_l
-        o = causal_attention(q, k, v, window=self.window, bias=bias, backend=self.backend)
-        return self._output(x, o)
+        return self._output(x, self._attend(q, k, v, bias))
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> dict:
         empty = torch.zeros(batch_size, 0, self.n_kv_heads, self.head_dim, device=device, dtype=dtype)
@@ -206,9 +235,8 @@ class Attention(nn.Module):
             bias = (now - cum)[:, :, None, :]  # [B, H, 1, Tk]
         if self.window is not None:
             k, v = k[:, -self.window :], v[:, -self.window :]
-        o = causal_attention(q, k, v, window=self.window, bias=bias, backend=self.backend)
         new["k"], new["v"] = k, v
-        return self._output(x, o), new
+        return self._output(x, self._attend(q, k, v, bias)), new
 
     def state_size(self, seq_len: int) -> int:
         cached = seq_len if self.window is None else min(seq_len, self.window)

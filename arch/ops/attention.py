@@ -115,3 +115,35 @@ def sliding_window_attention_naive(
     visible = (j <= i) if window is None else (j <= i) & (i - j < window)
     weights = scores.masked_fill(~visible, float("-inf")).softmax(-1)
     return torch.einsum("bhts,bshd->bthd", weights, vv).to(q.dtype)
+
+
+def sigmoid_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, bias: float = 0.0, window: int | None = None, scale: float | None = None
+) -> torch.Tensor:
+    """o_t = sum_{s in W(t)} sigmoid(scale * q_t . k_s + bias) v_s: attention weights that are not
+    normalised over the keys (Gu et al. 2024, "When Attention Sink Emerges in Language Models").
+    Explicit [T, T] weights (no SDPA form); layouts as `causal_attention` (GQA by fewer K/V heads)."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    group = q.shape[2] // k.shape[2]
+    kk, vv = (x.repeat_interleave(group, dim=2) for x in (k, v))
+    scores = torch.einsum("bthd,bshd->bhts", q, kk) * scale + bias
+    weights = torch.sigmoid(scores) * _visible(q.shape[1], k.shape[1], window, q.device)
+    return torch.einsum("bhts,bshd->bthd", weights, vv)
+
+
+def sigmoid_attention_naive(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, bias: float = 0.0, window: int | None = None, scale: float | None = None
+) -> torch.Tensor:
+    """The oracle of `sigmoid_attention`: query by query, key by key."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    group = q.shape[2] // k.shape[2]
+    out = torch.zeros_like(q)
+    offset = k.shape[1] - q.shape[1]
+    for t in range(q.shape[1]):
+        for s in range(t + offset + 1):
+            if window is not None and t + offset - s >= window:
+                continue
+            for h in range(q.shape[2]):
+                w = torch.sigmoid((q[:, t, h] * k[:, s, h // group]).sum(-1) * scale + bias)
+                out[:, t, h] += w[:, None] * v[:, s, h // group]
+    return out

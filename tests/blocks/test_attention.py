@@ -147,3 +147,32 @@ def test_qkv_conv_with_its_identity_init_is_plain_attention_and_filters_once_tra
     with torch.no_grad():
         filtered.qkv_conv[:, 0] = 0.5  # the token two steps back now leaks into q, k, v
     assert (filtered(x) - plain(x)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("window", [None, 5])
+def test_sigmoid_attention_equals_its_naive_twin(window):
+    from arch.ops.attention import sigmoid_attention, sigmoid_attention_naive
+
+    torch.manual_seed(0)
+    q = torch.randn(2, 9, 4, 8, dtype=torch.float64)
+    k, v = (torch.randn(2, 9, 2, 8, dtype=torch.float64) for _ in range(2))
+    torch.testing.assert_close(
+        sigmoid_attention(q, k, v, bias=-1.5, window=window), sigmoid_attention_naive(q, k, v, bias=-1.5, window=window)
+    )
+
+
+def test_a_sink_at_minus_infinity_is_plain_attention_and_at_zero_takes_mass():
+    plain, sunk = _pair(sink="learnable")
+    x = torch.randn(2, 10, 32, dtype=torch.float64)
+    sunk.sink.data.fill_(-1e4)
+    torch.testing.assert_close(sunk(x), plain(x), rtol=1e-10, atol=1e-10)
+    sunk.sink.data.zero_()  # one more exp(0) in every denominator: outputs shrink toward 0
+    assert sunk(x).norm() < plain(x).norm()
+
+
+@pytest.mark.parametrize(
+    "bad", [{"sink": "learnable", "window": 8}, {"score": "sigmoid", "sink": "learnable"}, {"score": "sigmoid", "forget_gate": True}]
+)
+def test_incompatible_options_are_refused_with_the_reason(bad):
+    with pytest.raises(ValueError, match="sink|forget_gate"):
+        Attention(32, 0, **bad)
