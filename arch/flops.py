@@ -51,8 +51,10 @@ def _mean_context(seq_len: int, window: int | None) -> float:
 
 
 def _attention_flops(block: Attention, seq_len: int) -> float:
-    # q.k and p.v: 2 multiply-adds each per (head, head dim, visible key)
-    return 4 * block.n_heads * block.head_dim * _mean_context(seq_len, block.window)
+    # q.k and p.v: 2 multiply-adds each per (head, head dim, visible key); a differential head has two
+    # q.k maps and applies both to a value twice as wide: 2 maps x (Dh + 2 Dh)
+    maps = getattr(block, "maps", 1)
+    return 2 * maps * (1 + maps) * block.n_heads * block.head_dim * _mean_context(seq_len, block.window)
 
 
 def _default_chunk(op: Callable) -> int:

@@ -19,6 +19,12 @@ attention, parameter for parameter):
     sink             learnable: softmax with a learned sink logit per head in the denominator,
                      o_t = sum_s e^(l_ts) v_s / (e^(sink_h) + sum_s e^(l_ts)) (a key bias that absorbs
                      attention mass; sink_h = 0 at init); not with a window
+    score            differential (Ye et al. 2025, "Differential Transformer"; DiffCLIP): each head has two
+                     query/key maps and a value of twice the head dim, o = (softmax(q1 k1^T) -
+                     lambda softmax(q2 k2^T)) v, lambda = exp(lq1.lk1) - exp(lq2.lk2) + lambda_init
+                     (vectors ~ N(0, 0.1), lambda_init = 0.8 - 0.6 exp(-0.3 layer_idx)); then RMSNorm
+                     over the head's 2 head_dim outputs times (1 - lambda_init). head_dim defaults to
+                     d_model / (2 n_heads), so q, k and v keep d_model's width
     qkv_conv         K: q, k, v each filtered by a depthwise causal convolution of K taps over time
                      (localized filtering, Yuan 2.0's LFA; RCMHA), initialised to the identity (the
                      current tap 1, earlier taps 0) so training starts from plain attention
@@ -34,6 +40,7 @@ current position.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -67,7 +74,7 @@ class Attention(nn.Module):
         forget_gate: bool = False,
         output_gate: bool = False,
         qkv_conv: int | None = None,
-        score: Literal["softmax", "sigmoid"] = "softmax",
+        score: Literal["softmax", "sigmoid", "differential"] = "softmax",
         sigmoid_bias: float = 0.0,
         sink: Literal["none", "learnable"] = "none",
     ):
@@ -76,7 +83,10 @@ class Attention(nn.Module):
         self.n_kv_heads = n_kv_heads or n_heads
         if n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads={n_heads} must be a multiple of n_kv_heads={self.n_kv_heads}")
-        self.head_dim = head_dim or d_model // n_heads
+        if score == "differential" and (kv_shift or forget_gate or temperature != "none" or sink != "none"):
+            raise ValueError("score: differential has two key maps per head: kv_shift, forget_gate, temperature, sink do not apply")
+        self.maps = 2 if score == "differential" else 1  # query/key maps per head; the value is maps x head_dim wide
+        self.head_dim = head_dim or d_model // (self.maps * n_heads)
         if not 0 < rope_fraction <= 1:
             raise ValueError(f"rope_fraction must be in (0, 1], got {rope_fraction}")
         self.rope_dim = 2 * round(rope_fraction * self.head_dim / 2)
@@ -86,7 +96,7 @@ class Attention(nn.Module):
             raise ValueError(f"window must be >= 1 or None, got {window}")
         if qkv_conv is not None and qkv_conv < 2:
             raise ValueError(f"qkv_conv is the filter's number of taps (>= 2) or null, got {qkv_conv}")
-        if score not in ("softmax", "sigmoid") or sink not in ("none", "learnable"):
+        if score not in ("softmax", "sigmoid", "differential") or sink not in ("none", "learnable"):
             raise ValueError(f"score must be 'softmax' or 'sigmoid' and sink 'none' or 'learnable', got {score!r}, {sink!r}")
         if sink == "learnable" and (score == "sigmoid" or window is not None):
             raise ValueError("sink: learnable adds a softmax denominator term: it needs score: softmax and no window")
@@ -95,9 +105,10 @@ class Attention(nn.Module):
         if temperature not in ("none", "per_head"):
             raise ValueError(f"temperature must be 'none' or 'per_head', got {temperature!r}")
         self.position, self.rope_base, self.window, self.backend = position, rope_base, window, backend
-        self.q_proj = nn.Linear(d_model, n_heads * self.head_dim, bias=bias)
-        self.kv_proj = nn.Linear(d_model, 2 * self.n_kv_heads * self.head_dim, bias=bias)
-        self.out_proj = nn.Linear(n_heads * self.head_dim, d_model, bias=bias)
+        width = self.maps * self.head_dim
+        self.q_proj = nn.Linear(d_model, n_heads * width, bias=bias)
+        self.kv_proj = nn.Linear(d_model, 2 * self.n_kv_heads * width, bias=bias)
+        self.out_proj = nn.Linear(n_heads * width, d_model, bias=bias)
         self.q_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else None
         self.k_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else None
         self.kv_shift = nn.Parameter(torch.empty(2, 2, self.n_kv_heads)) if kv_shift else None  # [k|v, current|previous, head]
@@ -105,9 +116,16 @@ class Attention(nn.Module):
             no_weight_decay(self.kv_shift)  # mixing weights, not a projection
         self.log_temperature = nn.Parameter(torch.zeros(n_heads)) if temperature == "per_head" else None
         self.forget_proj = nn.Linear(d_model, n_heads, bias=True) if forget_gate else None
-        self.g_proj = nn.Linear(d_model, n_heads * self.head_dim, bias=False) if output_gate else None
-        width = (n_heads + 2 * self.n_kv_heads) * self.head_dim
-        self.qkv_conv = nn.Parameter(torch.empty(width, qkv_conv)) if qkv_conv else None  # [channels, taps]
+        self.g_proj = nn.Linear(d_model, n_heads * width, bias=False) if output_gate else None
+        channels = (n_heads + 2 * self.n_kv_heads) * width
+        self.qkv_conv = nn.Parameter(torch.empty(channels, qkv_conv)) if qkv_conv else None  # [channels, taps]
+        if self.maps == 2:
+            self.lambda_init = 0.8 - 0.6 * math.exp(-0.3 * layer_idx)
+            self.lambdas = nn.Parameter(torch.empty(4, self.head_dim))  # lq1, lk1, lq2, lk2
+            no_weight_decay(self.lambdas)
+            self.diff_norm = nn.RMSNorm(2 * self.head_dim, eps=1e-5)
+        else:
+            self.lambdas = self.diff_norm = None
         self.score, self.sigmoid_bias = score, sigmoid_bias
         self.sink = nn.Parameter(torch.zeros(n_heads)) if sink == "learnable" else None
         self.init_weights()
@@ -124,6 +142,8 @@ class Attention(nn.Module):
             nn.init.zeros_(self.forget_proj.bias)
         if self.sink is not None:
             nn.init.zeros_(self.sink)
+        if self.lambdas is not None:
+            nn.init.normal_(self.lambdas, std=0.1)
         if self.qkv_conv is not None:
             with torch.no_grad():
                 self.qkv_conv.zero_()
@@ -142,8 +162,10 @@ class Attention(nn.Module):
         if self.qkv_conv is not None:
             filtered, conv_state = causal_conv1d(torch.cat([q, kv], -1), self.qkv_conv, initial_state=conv_state, backend="torch")
             q, kv = filtered.split([q.shape[-1], kv.shape[-1]], -1)
-        q = q.view(b, t, self.n_heads, self.head_dim)
-        k, v = kv.view(b, t, 2, self.n_kv_heads, self.head_dim).unbind(2)
+        q = q.view(b, t, self.n_heads * self.maps, self.head_dim)
+        k, v = kv.split(kv.shape[-1] // 2, -1)
+        k = k.view(b, t, self.n_kv_heads * self.maps, self.head_dim)
+        v = v.view(b, t, self.n_kv_heads, self.maps * self.head_dim)
         return q, k, v, conv_state
 
     def _shift(self, k: torch.Tensor, v: torch.Tensor, prev_k: torch.Tensor, prev_v: torch.Tensor):
@@ -167,7 +189,19 @@ class Attention(nn.Module):
         q, k = self._finish_qk(q, k, positions)
         return q, k, v
 
+    def lambda_(self) -> torch.Tensor:
+        """The differential weight exp(lq1.lk1) - exp(lq2.lk2) + lambda_init."""
+        lq1, lk1, lq2, lk2 = self.lambdas.float()
+        return torch.exp((lq1 * lk1).sum()) - torch.exp((lq2 * lk2).sum()) + self.lambda_init
+
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if self.maps == 2:  # heads ordered [head, map]
+            q1, q2 = q.unflatten(2, (self.n_heads, 2)).unbind(3)
+            k1, k2 = k.unflatten(2, (self.n_kv_heads, 2)).unbind(3)
+            o1 = causal_attention(q1, k1, v, window=self.window, backend="torch")
+            o2 = causal_attention(q2, k2, v, window=self.window, backend="torch")
+            o = o1 - self.lambda_().to(o1.dtype) * o2
+            return self.diff_norm(o) * (1 - self.lambda_init)
         if self.score == "sigmoid":
             return sigmoid_attention(q, k, v, bias=self.sigmoid_bias, window=self.window)
         if self.sink is not None:  # a zero key and value in front, its logit the sink
@@ -201,8 +235,11 @@ class Attention(nn.Module):
         return self._output(x, self._attend(q, k, v, bias))
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> dict:
-        empty = torch.zeros(batch_size, 0, self.n_kv_heads, self.head_dim, device=device, dtype=dtype)
-        state = {"k": empty, "v": empty.clone(), "pos": 0}
+        state = {
+            "k": torch.zeros(batch_size, 0, self.n_kv_heads * self.maps, self.head_dim, device=device, dtype=dtype),
+            "v": torch.zeros(batch_size, 0, self.n_kv_heads, self.maps * self.head_dim, device=device, dtype=dtype),
+            "pos": 0,
+        }
         if self.kv_shift is not None:
             state["prev_k"] = torch.zeros(batch_size, 1, self.n_kv_heads, self.head_dim, device=device, dtype=dtype)
             state["prev_v"] = state["prev_k"].clone()
@@ -240,7 +277,7 @@ class Attention(nn.Module):
 
     def state_size(self, seq_len: int) -> int:
         cached = seq_len if self.window is None else min(seq_len, self.window)
-        size = 2 * self.n_kv_heads * self.head_dim * cached
+        size = 2 * self.n_kv_heads * self.maps * self.head_dim * cached
         if self.kv_shift is not None:
             size += 2 * self.n_kv_heads * self.head_dim
         if self.forget_proj is not None:

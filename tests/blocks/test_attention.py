@@ -176,3 +176,30 @@ def test_a_sink_at_minus_infinity_is_plain_attention_and_at_zero_takes_mass():
 def test_incompatible_options_are_refused_with_the_reason(bad):
     with pytest.raises(ValueError, match="sink|forget_gate"):
         Attention(32, 0, **bad)
+
+
+def test_differential_with_lambda_zero_is_attention_on_the_first_maps_then_the_head_norm():
+    from arch.ops.attention import sliding_window_attention_naive
+
+    torch.manual_seed(4)
+    diff = Attention(32, 3, n_heads=2, score="differential").double()
+    for p in diff.parameters():
+        p.data.normal_(0, 0.3)
+    with torch.no_grad():  # lambda = exp(0) - exp(0) + lambda_init - lambda_init: pick lq2.lk2 so that lambda = 0
+        diff.lambdas.zero_()
+        diff.lambda_init = 0.0
+    x = torch.randn(2, 9, 32, dtype=torch.float64)
+    q, k, v, _ = diff._project(x)
+    q, k = diff._finish_qk(q, k, range(9))
+    q1, k1 = q[:, :, 0::2], k[:, :, 0::2]
+    o = diff.diff_norm(sliding_window_attention_naive(q1, k1, v))
+    torch.testing.assert_close(diff(x), diff.out_proj(o.flatten(2)), rtol=1e-10, atol=1e-10)
+    assert diff.head_dim == 8 and v.shape[-1] == 16  # d_model / (2 heads x 2 maps), values twice as wide
+
+
+def test_differential_lambda_init_follows_the_depth_schedule():
+    import math
+
+    for layer in (0, 5):
+        block = Attention(32, layer, n_heads=2, score="differential")
+        assert block.lambda_init == pytest.approx(0.8 - 0.6 * math.exp(-0.3 * layer))

@@ -7,6 +7,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from arch.blocks.attention import Attention
 from arch.blocks.mla import MLA
 from arch.blocks.moa import MoA
 from arch.blocks.moe import MoE
@@ -37,8 +38,11 @@ def test_moe_flops_are_the_top_k_experts(make, monkeypatch):
         lambda: MoA(D, n_experts=4, top_k=2, head_dim=8, kv="separate"),
         lambda: MoH(D, n_heads=4, n_shared=1, top_k=2),
         lambda: MLA(D, n_heads=4, head_dim=16, kv_rank=32, rope_dim=8, q_rank=24),
+        lambda: Attention(D, n_heads=2, score="differential"),
+        lambda: Attention(D, n_heads=4, score="sigmoid"),
+        lambda: Attention(D, n_heads=4, n_kv_heads=2, forget_gate=True, output_gate=True, qk_norm=True, kv_shift=True),
     ],
-    ids=["moa_shared", "moa_separate", "moh", "mla"],
+    ids=["moa_shared", "moa_separate", "moh", "mla", "differential", "sigmoid", "gated_options"],
 )
 def test_attention_mixture_flops_match_the_counter(make):
     from arch.flops import MIXING_FLOPS, forward_flops_per_token

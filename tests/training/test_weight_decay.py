@@ -31,6 +31,7 @@ EXEMPT_MATRICES = {
     "hawk": RGLRU,
     "hgrn2": {"layers.*.mixer.lower_bound_logits"},  # fla keeps the bound table out of weight decay
     "deepseek": set(),  # MLA's norms are vectors
+    "diff_transformer": {"layers.*.mixer.lambdas"},  # the [4, head_dim] lambda vectors
     "fox": set(),  # the forget gate's weight decays (a Linear), its bias does not (a vector)
     "gla_moe": set(),  # MoE: experts, router and shared expert all decay (Megatron, torchtitan)
     "jamba": MAMBA,
