@@ -20,8 +20,9 @@ command prints the `train.py` line whose composed model is exactly the upcycled 
     python train.py model=bam init_from=bam.ckpt [model overrides]
 
 With N identical parents the upcycled model computes the parent's function (expert weights sum to 1).
-The functions here use only `arch`; the command line (`main`) composes configs and reads checkpoints
-with the training package, as `train.py` does.
+Everything here, the command line included, uses only `arch` (checkpoints through `arch.weights`);
+the printed command writes out every model key, so it composes this model whatever the `bam`
+preset's values are.
 """
 
 from __future__ import annotations
@@ -132,16 +133,24 @@ def _override(key: str, value: Any) -> str:
     return f"{key}={value}"
 
 
+def _complete(spec: dict) -> dict:
+    """A block spec with every argument of its class written out (the class defaults where unset)."""
+    import inspect
+
+    from arch.config import locate
+
+    params = inspect.signature(locate(spec["_target_"], "upcycle").__init__).parameters
+    defaults = {k: p.default for k, p in params.items() if k not in ("self", "d_model", "layer_idx") and p.default is not p.empty}
+    return {**defaults, **spec}
+
+
 def main(argv: list[str] | None = None) -> None:
     import argparse
     import os
     import sys
     from pathlib import Path
 
-    from omegaconf import OmegaConf
-
-    from training.checkpoint import CheckpointError, read_model_weights
-    from training.compose import compose
+    from arch.weights import CheckpointError, read_model_weights
 
     parser = argparse.ArgumentParser(
         prog="python -m arch.upcycle", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -162,26 +171,16 @@ def main(argv: list[str] | None = None) -> None:
                 "The parents were trained with different model configs (or a checkpoint has none); upcycle N runs of one preset."
             )
         vocab = loaded[0][1].get("vocab_size")
-        preset = OmegaConf.to_container(compose(["model=bam"]).model, resolve=True)
-        preset.pop("vocab_size", None)
         child_cfg = upcycled_config(configs[0], len(loaded), args.kv, args.ffn_top_k)
-        for block in ("moa", "moe"):  # the preset's settings (loss weights, scores) for what the parents do not fix
-            child_cfg["blocks"][block] = {**preset["blocks"][block], **child_cfg["blocks"][block]}
+        child_cfg["blocks"] = {name: _complete(spec) for name, spec in child_cfg["blocks"].items()}
         torch.manual_seed(args.seed)
         child = LanguageModel.from_config(child_cfg, vocab_size=vocab)
         state = upcycle([w for w, _ in loaded], child, args.kv)
-        wanted, have = _flatten(child_cfg, "model"), _flatten(preset, "model")
-        overrides = [
-            _override(k if k in have else f"+{k}", v) for k, v in wanted.items() if k != "model.vocab_size" and have.get(k, object()) != v
-        ]
-        missing = [k for k in have if k not in wanted and k != "model.vocab_size"]
-        composed = OmegaConf.to_container(compose(["model=bam", *overrides]).model, resolve=True) if not missing else None
-        if composed is None or {k: v for k, v in composed.items() if k != "vocab_size"} != {
-            k: v for k, v in child_cfg.items() if k != "vocab_size"
-        }:
-            raise ConfigError("The upcycled model cannot be written as overrides of the bam preset; its config is in the checkpoint.")
     except (ConfigError, CheckpointError) as err:
         raise SystemExit(f"error: {err}") from None
+    # every key of the model written out (++: set whether or not the bam preset has it), so the composed
+    # model is this one whatever the preset says
+    overrides = [_override(f"++{k}", v) for k, v in _flatten(child_cfg, "model").items() if k not in ("model.vocab_size", "model.name")]
     hparams = {**loaded[0][1], "model": child_cfg}
     tmp = args.out.with_name(args.out.name + ".tmp")
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -20,7 +20,7 @@ import torch
 
 from arch.config import ConfigError, bounded, build, check_spec, from_mapping, locate, signature_fields
 from arch.lm import LanguageModel, ModelConfig
-from training.checkpoint import CheckpointError, read_model_weights
+from arch.weights import CheckpointError, read_model_weights
 
 
 @dataclass

@@ -30,8 +30,9 @@ from arch.config import ConfigError, instantiate
 from arch.flops import active_params
 from arch.lm import LanguageModel
 from arch.ops.backend import keep_freed_memory
+from arch.weights import CheckpointError, check_weights_fit, read_model_weights
 from training.callbacks import FlushLogs, StepDelay, StopAfterSteps, StopAtAccuracy
-from training.checkpoint import AtomicCheckpointIO, CheckpointError, check_weights_fit, find_resume_checkpoint, read_model_weights
+from training.checkpoint import AtomicCheckpointIO, find_resume_checkpoint
 from training.compose import CONF_DIR
 from training.config import RunConfig, validate
 from training.console import header, setup_console
