@@ -53,8 +53,11 @@ def _mean_context(seq_len: int, window: int | None) -> float:
 def _attention_flops(block: Attention, seq_len: int) -> float:
     # q.k and p.v: 2 multiply-adds each per (head, head dim, visible key); a differential head has two
     # q.k maps and applies both to a value twice as wide: 2 maps x (Dh + 2 Dh)
+    # CoPE adds every query's dot product with its position table, 2 Dh npos per head
     maps = getattr(block, "maps", 1)
-    return 2 * maps * (1 + maps) * block.n_heads * block.head_dim * _mean_context(seq_len, block.window)
+    table = getattr(block, "cope_table", None)
+    cope = 0 if table is None else 2 * block.n_heads * table.numel()
+    return 2 * maps * (1 + maps) * block.n_heads * block.head_dim * _mean_context(seq_len, block.window) + cope
 
 
 def _default_chunk(op: Callable) -> int:

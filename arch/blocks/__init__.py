@@ -20,6 +20,7 @@ CamelCase. Files that hold a family, and the presets named after a model rather 
     attention_variants       attention.py          Attention          (every option at once: the contract test)
     base_conv                base_conv.py          BaseConv           based, based_tradeoff (Based's gated short conv)
     zoology_base_conv        base_conv.py          ZoologyBaseConv    base_conv, zoology_fig2 (Zoology's BaseConv)
+    cope                     attention.py          Attention          cope (position: cope)
     diff_attention           attention.py          Attention          diff_transformer (score: differential)
     fox                      attention.py          Attention          fox (forgetting attention)
     gla                      gla.py                GLA                gla

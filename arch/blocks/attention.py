@@ -25,6 +25,9 @@ attention, parameter for parameter):
                      (vectors ~ N(0, 0.1), lambda_init = 0.8 - 0.6 exp(-0.3 layer_idx)); then RMSNorm
                      over the head's 2 head_dim outputs times (1 - lambda_init). head_dim defaults to
                      d_model / (2 n_heads), so q, k and v keep d_model's width
+    position         cope (Golovneva et al. 2024): no RoPE; logits += z_ij, the query's dot product with
+                     a learned position table (``cope_positions`` entries, zeros at init) read at
+                     p_ij = sum_{t=j..i} sigmoid(logit_it), interpolated (`arch.ops.attention.cope_bias`)
     qkv_conv         K: q, k, v each filtered by a depthwise causal convolution of K taps over time
                      (localized filtering, Yuan 2.0's LFA; RCMHA), initialised to the identity (the
                      current tap 1, earlier taps 0) so training starts from plain attention
@@ -49,7 +52,7 @@ from torch import nn
 
 from arch.blocks.init import no_weight_decay
 from arch.ops import causal_attention, causal_conv1d, rotary_embedding
-from arch.ops.attention import sigmoid_attention
+from arch.ops.attention import cope_attention, sigmoid_attention
 
 
 class Attention(nn.Module):
@@ -62,7 +65,7 @@ class Attention(nn.Module):
         n_heads: int = 4,
         n_kv_heads: int | None = None,
         head_dim: int | None = None,
-        position: Literal["rope", "none"] = "rope",
+        position: Literal["rope", "none", "cope"] = "rope",
         rope_base: float = 10000.0,
         window: int | None = None,
         bias: bool = False,
@@ -77,6 +80,7 @@ class Attention(nn.Module):
         score: Literal["softmax", "sigmoid", "differential"] = "softmax",
         sigmoid_bias: float = 0.0,
         sink: Literal["none", "learnable"] = "none",
+        cope_positions: int = 64,
     ):
         super().__init__()
         self.n_heads = n_heads
@@ -102,6 +106,8 @@ class Attention(nn.Module):
             raise ValueError("sink: learnable adds a softmax denominator term: it needs score: softmax and no window")
         if score == "sigmoid" and forget_gate:
             raise ValueError("forget_gate biases softmax logits; with score: sigmoid it is not defined here")
+        if position == "cope" and (score != "softmax" or window is not None or forget_gate or sink != "none"):
+            raise ValueError("position: cope has its own softmax path: it needs score: softmax, no window, forget_gate or sink")
         if temperature not in ("none", "per_head"):
             raise ValueError(f"temperature must be 'none' or 'per_head', got {temperature!r}")
         self.position, self.rope_base, self.window, self.backend = position, rope_base, window, backend
@@ -128,6 +134,7 @@ class Attention(nn.Module):
             self.lambdas = self.diff_norm = None
         self.score, self.sigmoid_bias = score, sigmoid_bias
         self.sink = nn.Parameter(torch.zeros(n_heads)) if sink == "learnable" else None
+        self.cope_table = nn.Parameter(torch.zeros(self.head_dim, cope_positions)) if position == "cope" else None
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -144,6 +151,8 @@ class Attention(nn.Module):
             nn.init.zeros_(self.sink)
         if self.lambdas is not None:
             nn.init.normal_(self.lambdas, std=0.1)
+        if self.cope_table is not None:
+            nn.init.zeros_(self.cope_table)
         if self.qkv_conv is not None:
             with torch.no_grad():
                 self.qkv_conv.zero_()
@@ -202,6 +211,8 @@ class Attention(nn.Module):
             o2 = causal_attention(q2, k2, v, window=self.window, backend="torch")
             o = o1 - self.lambda_().to(o1.dtype) * o2
             return self.diff_norm(o) * (1 - self.lambda_init)
+        if self.cope_table is not None:
+            return cope_attention(q, k, v, self.cope_table)
         if self.score == "sigmoid":
             return sigmoid_attention(q, k, v, bias=self.sigmoid_bias, window=self.window)
         if self.sink is not None:  # a zero key and value in front, its logit the sink

@@ -147,3 +147,31 @@ def sigmoid_attention_naive(
                 w = torch.sigmoid((q[:, t, h] * k[:, s, h // group]).sum(-1) * scale + bias)
                 out[:, t, h] += w[:, None] * v[:, s, h // group]
     return out
+
+
+def cope_bias(q: torch.Tensor, logits: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Contextual position bias (Golovneva et al. 2024, "Contextual Position Encoding"), added to causal
+    attention logits [B, H, Tq, Tk] (already scaled and masked with -inf; the queries are the last Tq
+    positions): gates g_ij = sigmoid(logits_ij) on visible keys, positions p_ij = sum_{t=j..i} g_it
+    (a count of the gated tokens from key j to the query), clamped to the table's last entry, and the
+    bias z_ij = q_i . e[p_ij] interpolated between the two integer positions around p_ij.
+    q: [B, Tq, H, D]; table: [D, npos] (shared by the heads)."""
+    gates = torch.sigmoid(logits)  # masked logits (-inf) give 0
+    positions = gates.flip(-1).cumsum(-1).flip(-1).clamp(max=table.shape[-1] - 1)  # [B, H, Tq, Tk]
+    z = torch.einsum("bthd,dn->bhtn", q, table.to(q.dtype))  # q . e[p] for every integer p
+    low = positions.floor()
+    frac = positions - low
+    z_low = z.gather(-1, low.long())
+    z_high = z.gather(-1, positions.ceil().long())
+    return frac * z_high + (1 - frac) * z_low
+
+
+def cope_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """Causal softmax attention with CoPE's bias (`cope_bias`), explicit [T, T] path; GQA by fewer K/V heads."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    group = q.shape[2] // k.shape[2]
+    kk, vv = (x.repeat_interleave(group, dim=2) for x in (k, v))
+    logits = torch.einsum("bthd,bshd->bhts", q, kk) * scale
+    logits = logits.masked_fill(~_visible(q.shape[1], k.shape[1], None, q.device), float("-inf"))
+    logits = logits + cope_bias(q, logits, table)
+    return torch.einsum("bhts,bshd->bthd", logits.softmax(-1), vv)

@@ -203,3 +203,25 @@ def test_differential_lambda_init_follows_the_depth_schedule():
     for layer in (0, 5):
         block = Attention(32, layer, n_heads=2, score="differential")
         assert block.lambda_init == pytest.approx(0.8 - 0.6 * math.exp(-0.3 * layer))
+
+
+def test_cope_positions_with_every_gate_open_are_the_relative_counts():
+    from arch.ops.attention import cope_bias
+
+    torch.manual_seed(0)
+    t, d, npos = 6, 4, 10
+    q = torch.randn(1, t, 1, d, dtype=torch.float64)
+    table = torch.randn(d, npos, dtype=torch.float64)
+    causal = torch.ones(t, t, dtype=torch.bool).tril()
+    logits = torch.full((1, 1, t, t), 1e4, dtype=torch.float64).masked_fill(~causal, float("-inf"))  # sigmoid = 1
+    bias = cope_bias(q, logits, table)
+    for i in range(t):
+        for j in range(i + 1):  # p_ij = i - j + 1 gated tokens from j to i
+            assert bias[0, 0, i, j].item() == pytest.approx((q[0, i, 0] @ table[:, i - j + 1]).item())
+
+
+def test_cope_with_a_zero_table_is_attention_without_positions():
+    plain, cope = _pair(position="cope")
+    plain.position = "none"
+    x = torch.randn(2, 7, 32, dtype=torch.float64)
+    torch.testing.assert_close(cope(x), plain(x), rtol=1e-10, atol=1e-10)

@@ -40,9 +40,10 @@ def test_moe_flops_are_the_top_k_experts(make, monkeypatch):
         lambda: MLA(D, n_heads=4, head_dim=16, kv_rank=32, rope_dim=8, q_rank=24),
         lambda: Attention(D, n_heads=2, score="differential"),
         lambda: Attention(D, n_heads=4, score="sigmoid"),
+        lambda: Attention(D, n_heads=4, position="cope", cope_positions=32),
         lambda: Attention(D, n_heads=4, n_kv_heads=2, forget_gate=True, output_gate=True, qk_norm=True, kv_shift=True),
     ],
-    ids=["moa_shared", "moa_separate", "moh", "mla", "differential", "sigmoid", "gated_options"],
+    ids=["moa_shared", "moa_separate", "moh", "mla", "differential", "sigmoid", "cope", "gated_options"],
 )
 def test_attention_mixture_flops_match_the_counter(make):
     from arch.flops import MIXING_FLOPS, forward_flops_per_token

@@ -30,6 +30,7 @@ EXEMPT_MATRICES = {
     "h3": H3,
     "hawk": RGLRU,
     "hgrn2": {"layers.*.mixer.lower_bound_logits"},  # fla keeps the bound table out of weight decay
+    "cope": set(),  # the position table decays (a matrix, as in the reference's optimiser)
     "deepseek": set(),  # MLA's norms are vectors
     "diff_transformer": {"layers.*.mixer.lambdas"},  # the [4, head_dim] lambda vectors
     "fox": set(),  # the forget gate's weight decays (a Linear), its bias does not (a vector)
