@@ -28,6 +28,11 @@ attention, parameter for parameter):
     position         cope (Golovneva et al. 2024): no RoPE; logits += z_ij, the query's dot product with
                      a learned position table (``cope_positions`` entries, zeros at init) read at
                      p_ij = sum_{t=j..i} sigmoid(logit_it), interpolated (`arch.ops.attention.cope_bias`)
+    selective        earlier tokens mask later ones (Leviathan et al. 2024, "Selective Attention Improves
+                     Transformer"): S = ReLU of head 0's logits (none for the first token or a query's
+                     own token), every head's logits at query i lowered by sum_{i' < i} S_i'j;
+                     parameter-free. The decode state adds the accumulated mask per cached token
+                     (no KV pruning yet: every token is kept and counted)
     qkv_conv         K: q, k, v each filtered by a depthwise causal convolution of K taps over time
                      (localized filtering, Yuan 2.0's LFA; RCMHA), initialised to the identity (the
                      current tap 1, earlier taps 0) so training starts from plain attention
@@ -52,7 +57,7 @@ from torch import nn
 
 from arch.blocks.init import no_weight_decay
 from arch.ops import causal_attention, causal_conv1d, rotary_embedding
-from arch.ops.attention import cope_attention, sigmoid_attention
+from arch.ops.attention import cope_attention, selection_scores, selective_attention, sigmoid_attention
 
 
 class Attention(nn.Module):
@@ -81,6 +86,7 @@ class Attention(nn.Module):
         sigmoid_bias: float = 0.0,
         sink: Literal["none", "learnable"] = "none",
         cope_positions: int = 64,
+        selective: bool = False,
     ):
         super().__init__()
         self.n_heads = n_heads
@@ -108,6 +114,8 @@ class Attention(nn.Module):
             raise ValueError("forget_gate biases softmax logits; with score: sigmoid it is not defined here")
         if position == "cope" and (score != "softmax" or window is not None or forget_gate or sink != "none"):
             raise ValueError("position: cope has its own softmax path: it needs score: softmax, no window, forget_gate or sink")
+        if selective and (score != "softmax" or window is not None or forget_gate or sink != "none" or position == "cope"):
+            raise ValueError("selective attention has its own softmax path: it needs score: softmax, no window, forget_gate, sink or cope")
         if temperature not in ("none", "per_head"):
             raise ValueError(f"temperature must be 'none' or 'per_head', got {temperature!r}")
         self.position, self.rope_base, self.window, self.backend = position, rope_base, window, backend
@@ -134,6 +142,7 @@ class Attention(nn.Module):
             self.lambdas = self.diff_norm = None
         self.score, self.sigmoid_bias = score, sigmoid_bias
         self.sink = nn.Parameter(torch.zeros(n_heads)) if sink == "learnable" else None
+        self.selective = selective
         self.cope_table = nn.Parameter(torch.zeros(self.head_dim, cope_positions)) if position == "cope" else None
         self.init_weights()
 
@@ -204,6 +213,8 @@ class Attention(nn.Module):
         return torch.exp((lq1 * lk1).sum()) - torch.exp((lq2 * lk2).sum()) + self.lambda_init
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if self.selective:
+            return selective_attention(q, k, v)
         if self.maps == 2:  # heads ordered [head, map]
             q1, q2 = q.unflatten(2, (self.n_heads, 2)).unbind(3)
             k1, k2 = k.unflatten(2, (self.n_kv_heads, 2)).unbind(3)
@@ -254,6 +265,8 @@ class Attention(nn.Module):
         if self.kv_shift is not None:
             state["prev_k"] = torch.zeros(batch_size, 1, self.n_kv_heads, self.head_dim, device=device, dtype=dtype)
             state["prev_v"] = state["prev_k"].clone()
+        if self.selective:
+            state["select"] = torch.zeros(batch_size, 0, device=device, dtype=dtype)
         if self.qkv_conv is not None:
             state["conv"] = torch.zeros(batch_size, self.qkv_conv.shape[0], self.qkv_conv.shape[1] - 1, device=device, dtype=dtype)
         if self.forget_proj is not None:
@@ -284,7 +297,19 @@ class Attention(nn.Module):
         if self.window is not None:
             k, v = k[:, -self.window :], v[:, -self.window :]
         new["k"], new["v"] = k, v
+        if self.selective:
+            return self._output(x, self._selective_step(q, k, v, state, new)), new
         return self._output(x, self._attend(q, k, v, bias)), new
+
+    def _selective_step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: dict, new: dict) -> torch.Tensor:
+        """One query against the cache, its logits lowered by the mask the earlier queries accumulated."""
+        group = self.n_heads // self.n_kv_heads
+        kk, vv = (t.repeat_interleave(group, dim=2) for t in (k, v))
+        logits = torch.einsum("bthd,bshd->bhts", q, kk) * self.head_dim**-0.5  # [B, H, 1, Tk]
+        mask = F.pad(state["select"], (0, 1))  # nothing accumulated yet for the new token
+        new["select"] = mask + selection_scores(logits[:, 0])[:, 0]
+        weights = (logits - mask[:, None, None]).softmax(-1)
+        return torch.einsum("bhts,bshd->bthd", weights, vv)
 
     def state_size(self, seq_len: int) -> int:
         cached = seq_len if self.window is None else min(seq_len, self.window)
@@ -293,6 +318,8 @@ class Attention(nn.Module):
             size += 2 * self.n_kv_heads * self.head_dim
         if self.forget_proj is not None:
             size += self.n_heads * (cached + 1)
+        if self.selective:
+            size += cached  # the accumulated mask of every cached token
         if self.qkv_conv is not None:
             size += self.qkv_conv.numel() - self.qkv_conv.shape[0]  # the last taps - 1 inputs per channel
         return size

@@ -175,3 +175,30 @@ def cope_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: tor
     logits = logits.masked_fill(~_visible(q.shape[1], k.shape[1], None, q.device), float("-inf"))
     logits = logits + cope_bias(q, logits, table)
     return torch.einsum("bhts,bshd->bthd", logits.softmax(-1), vv)
+
+
+def selection_scores(logits0: torch.Tensor) -> torch.Tensor:
+    """Selective attention's selection (Leviathan et al. 2024, §3) from head 0's scaled logits
+    [B, Tq, Tk] (the queries are the last Tq positions of the keys; key 0 is the sequence's first
+    token): ReLU over the visible keys, nothing selected for the first token nor for a query's own
+    token. Returns S [B, Tq, Tk] >= 0; a query's logits are lowered by the S rows of the queries
+    before it."""
+    t_q, t_k = logits0.shape[-2:]
+    visible = _visible(t_q, t_k, None, logits0.device)
+    own = torch.arange(t_k - t_q, t_k, device=logits0.device)[:, None] == torch.arange(t_k, device=logits0.device)[None, :]
+    s = torch.relu(logits0).masked_fill(~visible | own, 0.0)
+    return torch.cat([torch.zeros_like(s[..., :1]), s[..., 1:]], -1)
+
+
+def selective_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """Causal softmax attention in which earlier tokens mask later ones (Leviathan et al. 2024):
+    every head's logits minus F_ij = sum_{i' < i} S_i'j, S = `selection_scores` of head 0. Parameter-free;
+    explicit [T, T] path; GQA by fewer K/V heads."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    group = q.shape[2] // k.shape[2]
+    kk, vv = (x.repeat_interleave(group, dim=2) for x in (k, v))
+    logits = torch.einsum("bthd,bshd->bhts", q, kk) * scale
+    s = selection_scores(logits[:, 0])
+    f = F.pad(s.cumsum(-2), (0, 0, 1, 0))[..., :-1, :]  # query i accumulates the rows of queries before it
+    logits = (logits - f[:, None]).masked_fill(~_visible(q.shape[1], k.shape[1], None, q.device), float("-inf"))
+    return torch.einsum("bhts,bshd->bthd", logits.softmax(-1), vv)

@@ -225,3 +225,26 @@ def test_cope_with_a_zero_table_is_attention_without_positions():
     plain.position = "none"
     x = torch.randn(2, 7, 32, dtype=torch.float64)
     torch.testing.assert_close(cope(x), plain(x), rtol=1e-10, atol=1e-10)
+
+
+def test_selective_attention_equals_its_explicit_formula_and_without_selection_is_plain():
+    from arch.ops.attention import selective_attention, sliding_window_attention_naive
+
+    torch.manual_seed(2)
+    t = 8
+    q, k, v = (torch.randn(1, t, 2, 4, dtype=torch.float64) for _ in range(3))
+    scale = 0.5
+    logits = torch.einsum("bthd,bshd->bhts", q, k) * scale
+    f = torch.zeros(t, t, dtype=torch.float64)  # F_ij = sum_{i' < i} S_i'j
+    for i in range(t):
+        for j in range(t):
+            f[i, j] = sum(max(logits[0, 0, p, j].item(), 0.0) for p in range(i) if 0 < j < p and j <= p)
+    expected = torch.zeros_like(q)
+    for h in range(2):
+        for i in range(t):
+            w = torch.softmax(logits[0, h, i, : i + 1] - f[i, : i + 1], 0)
+            expected[0, i, h] = w @ v[0, : i + 1, h]
+    torch.testing.assert_close(selective_attention(q, k, v, scale=scale), expected, rtol=1e-10, atol=1e-10)
+    q0 = q.clone()
+    q0[:, :, 0] = 0  # head 0 selects nothing: plain attention
+    torch.testing.assert_close(selective_attention(q0, k, v, scale=scale), sliding_window_attention_naive(q0, k, v, scale=scale))

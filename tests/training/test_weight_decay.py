@@ -49,6 +49,7 @@ EXEMPT_MATRICES = {
     "rwkv6": RWKV6,
     "rwkv7": RWKV7,
     "samba": MAMBA,
+    "selective": set(),
     "samba_moe": MAMBA,
     "transformer": set(),
 }
