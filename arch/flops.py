@@ -57,7 +57,11 @@ def _attention_flops(block: Attention, seq_len: int) -> float:
     maps = getattr(block, "maps", 1)
     table = getattr(block, "cope_table", None)
     cope = 0 if table is None else 2 * block.n_heads * table.numel()
-    return 2 * maps * (1 + maps) * block.n_heads * block.head_dim * _mean_context(seq_len, block.window) + cope
+    # multi-token attention convolves and mixes the whole [T, T] score map it computes: per query and
+    # head, 2 c_q c_k per key for the convolution, 2 H per key for the head mixing
+    kernel, mix = getattr(block, "mta_kernel", None), getattr(block, "mta_head_mix", None)
+    mta = (0 if kernel is None else 2 * kernel.numel() * seq_len) + (0 if mix is None else 2 * mix.numel() * seq_len)
+    return 2 * maps * (1 + maps) * block.n_heads * block.head_dim * _mean_context(seq_len, block.window) + cope + mta
 
 
 def _default_chunk(op: Callable) -> int:

@@ -31,6 +31,7 @@ CamelCase. Files that hold a family, and the presets named after a model rather 
     mamba                    mamba.py              Mamba              mamba, jamba, samba
     mamba2                   mamba2.py             Mamba2             mamba2
     retnet                   retnet.py             RetNet             retnet
+    mta                      attention.py          Attention          mta (mta_kernel, mta_head_mix)
     rglru                    griffin.py            RGLRUBlock         griffin, hawk
     rwkv6                    rwkv6.py              RWKV6TimeMix       rwkv6
     rwkv6_channel            rwkv6.py              RWKV6ChannelMix    rwkv6

@@ -33,6 +33,10 @@ attention, parameter for parameter):
                      own token), every head's logits at query i lowered by sum_{i' < i} S_i'j;
                      parameter-free. The decode state adds the accumulated mask per cached token
                      (no KV pruning yet: every token is kept and counted)
+    mta_kernel       [c_q, c_k]: multi-token attention (Golovneva et al. 2025): the scaled scores, zeroed
+                     above the diagonal, convolved per head over the c_q - 1 previous queries and c_k
+                     keys centred on each key, before the causal mask and softmax; identity-initialised.
+    mta_head_mix     the scores mixed across heads by a learned H x H matrix (identity at init)
     qkv_conv         K: q, k, v each filtered by a depthwise causal convolution of K taps over time
                      (localized filtering, Yuan 2.0's LFA; RCMHA), initialised to the identity (the
                      current tap 1, earlier taps 0) so training starts from plain attention
@@ -57,7 +61,7 @@ from torch import nn
 
 from arch.blocks.init import no_weight_decay
 from arch.ops import causal_attention, causal_conv1d, rotary_embedding
-from arch.ops.attention import cope_attention, selection_scores, selective_attention, sigmoid_attention
+from arch.ops.attention import cope_attention, mta_attention, selection_scores, selective_attention, sigmoid_attention
 
 
 class Attention(nn.Module):
@@ -87,6 +91,8 @@ class Attention(nn.Module):
         sink: Literal["none", "learnable"] = "none",
         cope_positions: int = 64,
         selective: bool = False,
+        mta_kernel: list[int] | None = None,
+        mta_head_mix: bool = False,
     ):
         super().__init__()
         self.n_heads = n_heads
@@ -116,6 +122,11 @@ class Attention(nn.Module):
             raise ValueError("position: cope has its own softmax path: it needs score: softmax, no window, forget_gate or sink")
         if selective and (score != "softmax" or window is not None or forget_gate or sink != "none" or position == "cope"):
             raise ValueError("selective attention has its own softmax path: it needs score: softmax, no window, forget_gate, sink or cope")
+        mta = mta_kernel is not None or mta_head_mix
+        if mta and (score != "softmax" or window is not None or forget_gate or sink != "none" or position == "cope" or selective):
+            raise ValueError("multi-token attention has its own score path: score softmax, no window, forget_gate, sink, cope, selective")
+        if mta_kernel is not None and (len(mta_kernel) != 2 or min(mta_kernel) < 1):
+            raise ValueError(f"mta_kernel is [query taps, key taps], each >= 1, got {mta_kernel}")
         if temperature not in ("none", "per_head"):
             raise ValueError(f"temperature must be 'none' or 'per_head', got {temperature!r}")
         self.position, self.rope_base, self.window, self.backend = position, rope_base, window, backend
@@ -143,6 +154,11 @@ class Attention(nn.Module):
         self.score, self.sigmoid_bias = score, sigmoid_bias
         self.sink = nn.Parameter(torch.zeros(n_heads)) if sink == "learnable" else None
         self.selective = selective
+        self.mta_kernel = nn.Parameter(torch.empty(n_heads, *mta_kernel)) if mta_kernel is not None else None
+        self.mta_head_mix = nn.Parameter(torch.empty(n_heads, n_heads)) if mta_head_mix else None
+        for p in (self.mta_kernel, self.mta_head_mix):
+            if p is not None:
+                no_weight_decay(p)  # convolution and mixing weights around the identity
         self.cope_table = nn.Parameter(torch.zeros(self.head_dim, cope_positions)) if position == "cope" else None
         self.init_weights()
 
@@ -162,6 +178,13 @@ class Attention(nn.Module):
             nn.init.normal_(self.lambdas, std=0.1)
         if self.cope_table is not None:
             nn.init.zeros_(self.cope_table)
+        if self.mta_kernel is not None:  # identity: the current query, the centre key
+            with torch.no_grad():
+                self.mta_kernel.zero_()
+                self.mta_kernel[:, -1, (self.mta_kernel.shape[2] - 1) // 2] = 1.0
+        if self.mta_head_mix is not None:
+            with torch.no_grad():
+                self.mta_head_mix.copy_(torch.eye(self.n_heads))
         if self.qkv_conv is not None:
             with torch.no_grad():
                 self.qkv_conv.zero_()
@@ -215,6 +238,8 @@ class Attention(nn.Module):
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if self.selective:
             return selective_attention(q, k, v)
+        if self.mta_kernel is not None or self.mta_head_mix is not None:
+            return mta_attention(q, k, v, self.mta_kernel, self.mta_head_mix)
         if self.maps == 2:  # heads ordered [head, map]
             q1, q2 = q.unflatten(2, (self.n_heads, 2)).unbind(3)
             k1, k2 = k.unflatten(2, (self.n_kv_heads, 2)).unbind(3)
@@ -267,6 +292,8 @@ class Attention(nn.Module):
             state["prev_v"] = state["prev_k"].clone()
         if self.selective:
             state["select"] = torch.zeros(batch_size, 0, device=device, dtype=dtype)
+        if self.mta_kernel is not None and self.mta_kernel.shape[1] > 1:
+            state["past_q"] = torch.zeros(batch_size, self.mta_kernel.shape[1] - 1, self.n_heads, self.head_dim, device=device, dtype=dtype)
         if self.qkv_conv is not None:
             state["conv"] = torch.zeros(batch_size, self.qkv_conv.shape[0], self.qkv_conv.shape[1] - 1, device=device, dtype=dtype)
         if self.forget_proj is not None:
@@ -299,6 +326,10 @@ class Attention(nn.Module):
         new["k"], new["v"] = k, v
         if self.selective:
             return self._output(x, self._selective_step(q, k, v, state, new)), new
+        if "past_q" in state:  # multi-token attention reads the previous queries' scores
+            o = mta_attention(q, k, v, self.mta_kernel, self.mta_head_mix, past_q=state["past_q"])
+            new["past_q"] = torch.cat([state["past_q"], q], 1)[:, 1:]
+            return self._output(x, o), new
         return self._output(x, self._attend(q, k, v, bias)), new
 
     def _selective_step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: dict, new: dict) -> torch.Tensor:
@@ -320,6 +351,8 @@ class Attention(nn.Module):
             size += self.n_heads * (cached + 1)
         if self.selective:
             size += cached  # the accumulated mask of every cached token
+        if self.mta_kernel is not None:
+            size += (self.mta_kernel.shape[1] - 1) * self.n_heads * self.head_dim  # the previous queries
         if self.qkv_conv is not None:
             size += self.qkv_conv.numel() - self.qkv_conv.shape[0]  # the last taps - 1 inputs per channel
         return size

@@ -202,3 +202,41 @@ def selective_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale
     f = F.pad(s.cumsum(-2), (0, 0, 1, 0))[..., :-1, :]  # query i accumulates the rows of queries before it
     logits = (logits - f[:, None]).masked_fill(~_visible(q.shape[1], k.shape[1], None, q.device), float("-inf"))
     return torch.einsum("bhts,bshd->bthd", logits.softmax(-1), vv)
+
+
+def mta_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kernel: torch.Tensor | None,
+    head_mix: torch.Tensor | None,
+    scale: float | None = None,
+    past_q: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Multi-token attention (Golovneva et al. 2025, "Multi-Token Attention"), the pre-softmax part:
+    scores q.k scaled, zeroed above the diagonal, convolved per head over (query, key) with ``kernel``
+    [H, c_q, c_k] (causal over the c_q - 1 previous queries, centred over c_k keys), mixed across heads by
+    ``head_mix`` [H, H], then masked causally and softmaxed. q: [B, Tq, H, D] (the last Tq positions of
+    the keys); ``past_q`` [B, c_q - 1, H, D]: the queries before q (decoding; zeros at the start)."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    group = q.shape[2] // k.shape[2]
+    kk, vv = (x.repeat_interleave(group, dim=2) for x in (k, v))
+    t_q, t_k = q.shape[1], k.shape[1]
+    c_q = 1 if kernel is None else kernel.shape[1]
+    extra = 0
+    if kernel is not None and c_q > 1:
+        history = past_q if past_q is not None else q.new_zeros(q.shape[0], c_q - 1, *q.shape[2:])
+        q_all, extra = torch.cat([history, q], 1), c_q - 1  # the rows the convolution reads
+    else:
+        q_all = q
+    logits = torch.einsum("bthd,bshd->bhts", q_all, kk) * scale  # [B, H, extra + Tq, Tk]
+    rows = torch.arange(t_k - t_q - extra, t_k, device=q.device)[:, None]  # position of each row's query
+    logits = logits.masked_fill(torch.arange(t_k, device=q.device)[None, :] > rows, 0.0)  # Mask_0
+    if kernel is not None:
+        c_k = kernel.shape[2]
+        padded = F.pad(logits, ((c_k - 1) // 2, c_k // 2, 0 if extra else c_q - 1, 0))
+        logits = F.conv2d(padded, kernel.unsqueeze(1).to(logits.dtype), groups=kernel.shape[0])  # [B, H, Tq, Tk]
+    if head_mix is not None:
+        logits = torch.einsum("hg,bgts->bhts", head_mix.to(logits.dtype), logits)
+    logits = logits.masked_fill(~_visible(t_q, t_k, None, q.device), float("-inf"))
+    return torch.einsum("bhts,bshd->bthd", logits.softmax(-1), vv)

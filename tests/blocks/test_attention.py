@@ -248,3 +248,34 @@ def test_selective_attention_equals_its_explicit_formula_and_without_selection_i
     q0 = q.clone()
     q0[:, :, 0] = 0  # head 0 selects nothing: plain attention
     torch.testing.assert_close(selective_attention(q0, k, v, scale=scale), sliding_window_attention_naive(q0, k, v, scale=scale))
+
+
+def test_mta_with_delta_kernels_and_identity_mixing_is_plain_attention():
+    plain, mta = _pair(mta_kernel=[3, 5], mta_head_mix=True)
+    mta.init_weights()
+    x = torch.randn(2, 12, 32, dtype=torch.float64)
+    torch.testing.assert_close(mta(x), plain(x), rtol=1e-10, atol=1e-10)
+
+
+def test_mta_convolution_equals_its_explicit_sum():
+    from arch.ops.attention import mta_attention
+
+    torch.manual_seed(5)
+    t, h, cq, ck = 7, 2, 3, 3
+    q, k, v = (torch.randn(1, t, h, 4, dtype=torch.float64) for _ in range(3))
+    kernel = torch.randn(h, cq, ck, dtype=torch.float64)
+    mix = torch.randn(h, h, dtype=torch.float64)
+    scores = torch.einsum("bthd,bshd->bhts", q, k)[0] * 0.5
+    scores = scores * torch.ones(t, t, dtype=torch.float64).tril()  # Mask_0
+    conv = torch.zeros_like(scores)
+    for g in range(h):
+        for i in range(t):
+            for j in range(t):
+                for a in range(cq):
+                    for b in range(ck):
+                        ii, jj = i - (cq - 1) + a, j - (ck - 1) // 2 + b
+                        if 0 <= ii < t and 0 <= jj < t:
+                            conv[g, i, j] += kernel[g, a, b] * scores[g, ii, jj]
+    mixed = torch.einsum("hg,gts->hts", mix, conv).masked_fill(~torch.ones(t, t, dtype=torch.bool).tril(), float("-inf"))
+    expected = torch.einsum("hts,shd->thd", mixed.softmax(-1), v[0])
+    torch.testing.assert_close(mta_attention(q, k, v, kernel, mix, scale=0.5)[0], expected, rtol=1e-10, atol=1e-10)

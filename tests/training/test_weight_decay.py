@@ -44,6 +44,7 @@ EXEMPT_MATRICES = {
     "moa": set(),
     "moe": set(),
     "moh": set(),
+    "mta": {"layers.*.mixer.mta_kernel", "layers.*.mixer.mta_head_mix"},  # convolution and head mixing around the identity
     "retnet": set(),
     "rope_nope": set(),
     "rwkv6": RWKV6,
