@@ -61,7 +61,7 @@ from torch import nn
 
 from arch.blocks.init import no_weight_decay
 from arch.ops import causal_attention, causal_conv1d, rotary_embedding
-from arch.ops.attention import _explicit, cope_attention, mta_attention, selection_scores, selective_attention, sigmoid_attention
+from arch.ops.attention import cope_attention, explicit_scores, mta_attention, selection_scores, selective_attention, sigmoid_attention
 
 
 class Attention(nn.Module):
@@ -334,7 +334,7 @@ class Attention(nn.Module):
 
     def _selective_step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: dict, new: dict) -> torch.Tensor:
         """One query against the cache, its logits lowered by the mask the earlier queries accumulated."""
-        logits, vv = _explicit(q, k, v, None)  # [B, H, 1, Tk]
+        logits, vv = explicit_scores(q, k, v, None)  # [B, H, 1, Tk]
         mask = F.pad(state["select"], (0, 1))  # nothing accumulated yet for the new token
         new["select"] = mask + selection_scores(logits[:, 0])[:, 0]
         weights = (logits - mask[:, None, None]).softmax(-1)

@@ -68,7 +68,7 @@ def _biased(q, k, v, bias, window, scale) -> torch.Tensor:
     return out.transpose(1, 2)
 
 
-def _explicit(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+def explicit_scores(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The explicit paths' scaled scores [B, H, Tq, Tk] and per-query-head values [B, Tk, H, Dv]
     (K/V heads repeated for GQA)."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
@@ -132,7 +132,7 @@ def sigmoid_attention(
     """o_t = sum_{s in W(t)} sigmoid(scale * q_t . k_s + bias) v_s: attention weights that are not
     normalised over the keys (Gu et al. 2024, "When Attention Sink Emerges in Language Models").
     Explicit [T, T] weights (no SDPA form); layouts as `causal_attention` (GQA by fewer K/V heads)."""
-    scores, vv = _explicit(q, k, v, scale)
+    scores, vv = explicit_scores(q, k, v, scale)
     weights = torch.sigmoid(scores + bias) * _visible(q.shape[1], k.shape[1], window, q.device)
     return torch.einsum("bhts,bshd->bthd", weights, vv)
 
@@ -174,7 +174,7 @@ def cope_bias(q: torch.Tensor, logits: torch.Tensor, table: torch.Tensor) -> tor
 
 def cope_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor, scale: float | None = None) -> torch.Tensor:
     """Causal softmax attention with CoPE's bias (`cope_bias`), explicit [T, T] path; GQA by fewer K/V heads."""
-    logits, vv = _explicit(q, k, v, scale)
+    logits, vv = explicit_scores(q, k, v, scale)
     logits = logits.masked_fill(~_visible(q.shape[1], k.shape[1], None, q.device), float("-inf"))
     logits = logits + cope_bias(q, logits, table)
     return torch.einsum("bhts,bshd->bthd", logits.softmax(-1), vv)
@@ -197,7 +197,7 @@ def selective_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale
     """Causal softmax attention in which earlier tokens mask later ones (Leviathan et al. 2024):
     every head's logits minus F_ij = sum_{i' < i} S_i'j, S = `selection_scores` of head 0. Parameter-free;
     explicit [T, T] path; GQA by fewer K/V heads."""
-    logits, vv = _explicit(q, k, v, scale)
+    logits, vv = explicit_scores(q, k, v, scale)
     s = selection_scores(logits[:, 0])
     f = F.pad(s.cumsum(-2), (0, 0, 1, 0))[..., :-1, :]  # query i accumulates the rows of queries before it
     logits = (logits - f[:, None]).masked_fill(~_visible(q.shape[1], k.shape[1], None, q.device), float("-inf"))
