@@ -26,7 +26,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from arch.blocks.routing import Router, balance_loss, expert_counts, load_stats, scores, top_k, z_loss
+from arch.blocks.routing import Router, expert_counts, routing_outputs
 from arch.ops import causal_attention, rotary_embedding
 
 
@@ -86,15 +86,11 @@ class MoA(nn.Module):
 
     def _route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, t, d = x.shape
-        logits = self.router.logits(x.reshape(-1, d))
-        probs = scores(logits, self.score)
-        weights, experts = top_k(probs, self.top_k, self.normalize)
+        weights, experts, logits, probs = self.router.select(x.reshape(-1, d), self.top_k, self.score, self.normalize)
         counts = expert_counts(experts, self.n_experts)
-        if self.training:
-            self.aux_loss = {"moa_balance": self.balance_weight * balance_loss(probs, counts), "moa_z": self.z_weight * z_loss(logits)}
-        else:
-            self.aux_loss = {}
-        self.stats = load_stats(counts, "moa", self.layer_idx)
+        self.aux_loss, self.stats = routing_outputs(
+            "moa", self.layer_idx, probs, logits, counts, self.balance_weight, self.z_weight, self.training
+        )
         return weights.reshape(b, t, -1).to(x.dtype), experts.reshape(b, t, -1)
 
     def _project(self, x: torch.Tensor, positions: torch.Tensor):

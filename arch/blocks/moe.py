@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from arch.blocks.mlp import SwiGLU, _round
-from arch.blocks.routing import Router, balance_loss, expert_counts, load_stats, scores, top_k, z_loss
+from arch.blocks.routing import Router, global_counts, routing_outputs
 
 
 class Experts(nn.Module):
@@ -116,10 +116,7 @@ class MoE(nn.Module):
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(weights [N, k], experts [N, k], logits [N, E], scores [N, E]) of tokens x [N, d]."""
-        logits = self.router.logits(x)
-        probs = scores(logits, self.score)
-        weights, experts = top_k(probs, self.top_k, self.normalize)
-        return weights, experts, logits, probs
+        return self.router.select(x, self.top_k, self.score, self.normalize)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -129,6 +126,9 @@ class MoE(nn.Module):
         assignment = experts.reshape(-1)  # assignment a = token a // k, its (a % k)-th choice
         order = torch.argsort(assignment, stable=True)  # grouped by expert, token order within
         counts = torch.bincount(assignment, minlength=self.n_experts)
+        self.aux_loss, self.stats = routing_outputs(
+            "moe", self.layer_idx, probs, logits, global_counts(counts), self.balance_weight, self.z_weight, self.training
+        )
         if self.capacity_factor is not None:
             capacity = math.ceil(self.capacity_factor * n * k / self.n_experts)
             starts = torch.cumsum(counts, 0) - counts
@@ -149,15 +149,6 @@ class MoE(nn.Module):
             y = torch.zeros_like(flat).index_add_(0, tokens, out)
         if self.shared is not None:
             y = y + self.shared(flat)
-        global_counts = expert_counts(experts, self.n_experts)
-        if self.training:
-            self.aux_loss = {
-                "moe_balance": self.balance_weight * balance_loss(probs, global_counts),
-                "moe_z": self.z_weight * z_loss(logits),
-            }
-        else:
-            self.aux_loss = {}
-        self.stats = load_stats(global_counts, "moe", self.layer_idx)
         return y.reshape(shape)
 
     def _experts(self, rows: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:

@@ -23,8 +23,7 @@ from typing import Literal
 import torch
 
 from arch.blocks.attention import Attention
-from arch.blocks.routing import Router, balance_loss, expert_counts, load_stats, top_k
-from arch.ops import causal_attention
+from arch.blocks.routing import Router, expert_counts, routing_outputs
 
 
 class MoH(Attention):
@@ -63,27 +62,17 @@ class MoH(Attention):
         """Per-head weights [B, T, H] of tokens x [B, T, d]."""
         b, t, d = x.shape
         flat = x.reshape(-1, d)
-        probs = torch.softmax(self.router.logits(flat), -1)
-        weights, heads = top_k(probs, self.top_k, normalize=True)
+        weights, heads, logits, probs = self.router.select(flat, self.top_k)
         routed = torch.zeros_like(probs).scatter(-1, heads, weights * self.top_k)
         counts = expert_counts(heads, probs.shape[-1])
-        self.aux_loss = {"moh_balance": self.balance_weight * balance_loss(probs, counts)} if self.training else {}
-        self.stats = load_stats(counts, "moh", self.layer_idx)
+        self.aux_loss, self.stats = routing_outputs("moh", self.layer_idx, probs, logits, counts, self.balance_weight, None, self.training)
         if self.n_shared:
             shared = torch.softmax(self.shared_router.logits(flat), -1) * self.n_shared
             stage = 2 * torch.softmax(self.mix_router.logits(flat), -1)
             routed = torch.cat([stage[:, :1] * shared, stage[:, 1:] * routed], -1)
         return routed.reshape(b, t, -1).to(x.dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self._qkv(x, range(x.shape[1]))
-        o = causal_attention(q, k, v, window=self.window, backend=self.backend)
-        return self.out_proj((o * self.gates(x)[..., None]).flatten(2))
-
-    def step(self, x: torch.Tensor, state: dict) -> tuple[torch.Tensor, dict]:
-        q, k, v = self._qkv(x, torch.tensor([state["pos"]], device=x.device))
-        k, v = torch.cat([state["k"], k], dim=1), torch.cat([state["v"], v], dim=1)
-        if self.window is not None:
-            k, v = k[:, -self.window :], v[:, -self.window :]
-        o = causal_attention(q, k, v, window=self.window, backend=self.backend)
-        return self.out_proj((o * self.gates(x)[..., None]).flatten(2)), {"k": k, "v": v, "pos": state["pos"] + 1}
+    def _output(self, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+        """The gates scale each head's output [B, T, H, Dh] before the output projection; the rest
+        (projections, RoPE, K/V cache, forward and step) is `Attention`'s."""
+        return super()._output(x, o * self.gates(x)[..., None])

@@ -50,6 +50,14 @@ class Router(nn.Module):
         attn = torch.softmax(q.unsqueeze(-1) * k.unsqueeze(-2), dim=-1)  # [N, E, E]: row i = softmax_j(q_i k_j)
         return (attn @ v.unsqueeze(-1)).squeeze(-1)
 
+    def select(self, x: torch.Tensor, k: int, score: str = "softmax", normalize: bool = True):
+        """(weights [N, k], experts [N, k], logits [N, E], scores [N, E]) of tokens x [N, d]: the
+        router's logits, their scores and the top-k choice."""
+        logits = self.logits(x)
+        probs = scores(logits, score)
+        weights, experts = top_k(probs, k, normalize)
+        return weights, experts, logits, probs
+
 
 def scores(logits: torch.Tensor, kind: Literal["softmax", "sigmoid"]) -> torch.Tensor:
     if kind == "softmax":
@@ -72,10 +80,37 @@ def top_k(probs: torch.Tensor, k: int, normalize: bool) -> tuple[torch.Tensor, t
 def expert_counts(indices: torch.Tensor, n_experts: int, global_batch: bool = True) -> torch.Tensor:
     """Assignments per expert [E] (float), summed over all processes when ``global_batch`` and a
     process group is running."""
-    counts = torch.bincount(indices.reshape(-1), minlength=n_experts).float()
-    if global_batch and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    counts = torch.bincount(indices.reshape(-1), minlength=n_experts)
+    return global_counts(counts) if global_batch else counts.float()
+
+
+def global_counts(counts: torch.Tensor) -> torch.Tensor:
+    """This process's per-expert counts [E] summed over all processes (float; as is without a group)."""
+    counts = counts.float()
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(counts)
     return counts
+
+
+def routing_outputs(
+    name: str,
+    layer_idx: int,
+    probs: torch.Tensor,
+    logits: torch.Tensor,
+    counts: torch.Tensor,
+    balance_weight: float,
+    z_weight: float | None,
+    training: bool,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """What a mixture leaves after a forward: its weighted auxiliary losses (``{name}_balance`` and,
+    unless ``z_weight`` is None, ``{name}_z``; none outside training) and its load statistics, from the
+    global ``counts``."""
+    aux = {}
+    if training:
+        aux[f"{name}_balance"] = balance_weight * balance_loss(probs, counts)
+        if z_weight is not None:
+            aux[f"{name}_z"] = z_weight * z_loss(logits)
+    return aux, load_stats(counts, name, layer_idx)
 
 
 def balance_loss(probs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
