@@ -113,18 +113,26 @@ class Attention(nn.Module):
         if qkv_conv is not None and qkv_conv < 2:
             raise ValueError(f"qkv_conv is the filter's number of taps (>= 2) or null, got {qkv_conv}")
         if score not in ("softmax", "sigmoid", "differential") or sink not in ("none", "learnable"):
-            raise ValueError(f"score must be 'softmax' or 'sigmoid' and sink 'none' or 'learnable', got {score!r}, {sink!r}")
+            raise ValueError(
+                f"score must be 'softmax', 'sigmoid' or 'differential' and sink 'none' or 'learnable', got {score!r}, {sink!r}"
+            )
         if sink == "learnable" and (score == "sigmoid" or window is not None):
             raise ValueError("sink: learnable adds a softmax denominator term: it needs score: softmax and no window")
         if score == "sigmoid" and forget_gate:
             raise ValueError("forget_gate biases softmax logits; with score: sigmoid it is not defined here")
-        if position == "cope" and (score != "softmax" or window is not None or forget_gate or sink != "none"):
-            raise ValueError("position: cope has its own softmax path: it needs score: softmax, no window, forget_gate or sink")
-        if selective and (score != "softmax" or window is not None or forget_gate or sink != "none" or position == "cope"):
-            raise ValueError("selective attention has its own softmax path: it needs score: softmax, no window, forget_gate, sink or cope")
-        mta = mta_kernel is not None or mta_head_mix
-        if mta and (score != "softmax" or window is not None or forget_gate or sink != "none" or position == "cope" or selective):
-            raise ValueError("multi-token attention has its own score path: score softmax, no window, forget_gate, sink, cope, selective")
+        # CoPE, selective attention and MTA each compute the whole score map on their own path: one at a
+        # time, over plain softmax scores, without a window, forget gate or sink
+        paths = {
+            "position: cope": position == "cope",
+            "selective": selective,
+            "multi-token attention": mta_kernel is not None or mta_head_mix,
+        }
+        own_path = [name for name, on in paths.items() if on]
+        if own_path and (len(own_path) > 1 or score != "softmax" or window is not None or forget_gate or sink != "none"):
+            raise ValueError(
+                f"{' and '.join(own_path)}: each has its own score path and needs score: softmax, no window, forget_gate or sink, "
+                "and none of the others among position: cope, selective and multi-token attention"
+            )
         if mta_kernel is not None and (len(mta_kernel) != 2 or min(mta_kernel) < 1):
             raise ValueError(f"mta_kernel is [query taps, key taps], each >= 1, got {mta_kernel}")
         if temperature not in ("none", "per_head"):
