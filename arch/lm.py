@@ -245,6 +245,13 @@ class LanguageModel(nn.Module):
         logits = self.head(h)
         return F.cross_entropy(logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits, labels)
 
+    def objective(self, input_ids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """What training minimises: (total, cross-entropy `loss`, the auxiliary losses the forward left),
+        total = cross-entropy + the sum of the auxiliary losses (MoE/MoA/MoH balance and z-losses)."""
+        loss = self.loss(input_ids, labels)
+        aux = self.aux_losses()
+        return (loss + sum(aux.values()) if aux else loss), loss, aux
+
     def init_state(self, batch_size: int, device=None, dtype=None) -> dict:
         """Empty decode state: one entry per layer plus the position counter."""
         dtype = dtype or self.embedding.weight.dtype

@@ -97,8 +97,7 @@ def preset_rows(presets: list[str], device: torch.device, T: int, batch: int, st
                     torch.cuda.synchronize(device)
                 start = time.perf_counter()
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                    loss = model.loss(ids[:, :-1], ids[:, 1:])
-                    loss = loss + sum(model.aux_losses().values())
+                    loss = model.objective(ids[:, :-1], ids[:, 1:])[0]
                 loss.backward()
                 opt.step()
                 opt.zero_grad(set_to_none=True)

@@ -86,10 +86,7 @@ def bare_loop(values: dict, datamodule, steps: int) -> tuple[list[float], torch.
     for _ in range(steps):
         batch = next(batches)
         ids, labels = batch["input_ids"].to(device), batch["labels"].to(device)
-        loss = model.loss(ids, labels)
-        aux = model.aux_losses()
-        if aux:
-            loss = loss + sum(aux.values())
+        loss = model.objective(ids, labels)[0]
         loss.backward()
         if clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)

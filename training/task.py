@@ -75,9 +75,7 @@ class LMTask(pl.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         ids, labels = batch["input_ids"], batch["labels"]
-        loss = self.model.loss(ids, labels)
-        aux = self.model.aux_losses()
-        total = loss + sum(aux.values()) if aux else loss
+        total, loss, aux = self.model.objective(ids, labels)
         if not torch.isfinite(total):
             raise TrainingDiverged(
                 f"The training loss became {total.item()} at step {self.global_step}. Lower optim.lr, raise "
