@@ -54,12 +54,11 @@ def _attention_flops(block: Attention, seq_len: int) -> float:
     # q.k and p.v: 2 multiply-adds each per (head, head dim, visible key); a differential head has two
     # q.k maps and applies both to a value twice as wide: 2 maps x (Dh + 2 Dh)
     # CoPE adds every query's dot product with its position table, 2 Dh npos per head
-    maps = getattr(block, "maps", 1)
-    table = getattr(block, "cope_table", None)
+    maps, table = block.maps, block.cope_table
     cope = 0 if table is None else 2 * block.n_heads * table.numel()
     # multi-token attention convolves and mixes the whole [T, T] score map it computes: per query and
     # head, 2 c_q c_k per key for the convolution, 2 H per key for the head mixing
-    kernel, mix = getattr(block, "mta_kernel", None), getattr(block, "mta_head_mix", None)
+    kernel, mix = block.mta_kernel, block.mta_head_mix
     mta = (0 if kernel is None else 2 * kernel.numel() * seq_len) + (0 if mix is None else 2 * mix.numel() * seq_len)
     return 2 * maps * (1 + maps) * block.n_heads * block.head_dim * _mean_context(seq_len, block.window) + cope + mta
 
@@ -244,7 +243,6 @@ def _moe(block: MoE, seq_len: int) -> tuple[float, float]:
     d, h, k, e = block.in_proj.in_features, block.hidden, block.top_k, block.n_experts
     # matmul-like: each of a token's top_k experts, in_proj 2 d 2h and out_proj 2 h d (the stacked
     # expert weights are not Linears; the router and the shared expert are); Yuan's attention router
-    # adds q k^T and A v over E x E, 2 E^2 each.
     # adds A v over E x E, 2 E^2 (its q k^T outer product and row softmax, ~4 E^2, are elementwise).
     attention_router = block.router.kind == "attention"
     matmul = k * 6 * d * h + (2 * e * e if attention_router else 0)
@@ -262,9 +260,9 @@ def _moa(block: MoA, seq_len: int) -> float:
 
 
 def _mla(block: MLA, seq_len: int) -> float:
-    # q.k over nope + rope dims and p.v over the value dim (padded to the q.k width when they differ)
+    # q.k over nope + rope dims, and p.v over the values, which are padded to that width when narrower
     qk = block.nope_dim + block.rope_dim
-    return 2 * block.n_heads * (qk + (block.v_dim if block.v_dim == qk else qk)) * _mean_context(seq_len, None)
+    return 4 * block.n_heads * qk * _mean_context(seq_len, None)
 
 
 _SPLIT_FLOPS: dict[type, Callable[[nn.Module, int], tuple[float, float]]] = {

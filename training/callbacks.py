@@ -22,7 +22,6 @@ from arch.config import ConfigError
 from training.peak import peak_flops
 
 
-# Dense bf16 (GPU) / fp32 (CPU, measured) peak FLOP/s per device, matched against the device name.
 class Checkpoint(ModelCheckpoint):
     """``<dirpath>/last.ckpt`` every ``every_n_steps`` optimizer steps (the file a run resumes from;
     `training.checkpoint.AtomicCheckpointIO` keeps the one it replaces)."""
