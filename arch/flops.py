@@ -260,9 +260,9 @@ def _moa(block: MoA, seq_len: int) -> float:
 
 
 def _mla(block: MLA, seq_len: int) -> float:
-    # q.k over nope + rope dims, and p.v over the values, which are padded to that width when narrower
-    qk = block.nope_dim + block.rope_dim
-    return 4 * block.n_heads * qk * _mean_context(seq_len, None)
+    # q.k and p.v at the wider of the q.k width (nope + rope) and the value width: the narrower is zero-padded
+    width = max(block.nope_dim + block.rope_dim, block.v_dim)
+    return 4 * block.n_heads * width * _mean_context(seq_len, None)
 
 
 _SPLIT_FLOPS: dict[type, Callable[[nn.Module, int], tuple[float, float]]] = {

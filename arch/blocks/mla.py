@@ -85,11 +85,11 @@ class MLA(nn.Module):
         k_nope, v = self.kv_up(latent).view(b, t, self.n_heads, -1).split([self.nope_dim, self.v_dim], -1)
         k = torch.cat([k_nope, k_rope.unsqueeze(2).expand(-1, -1, self.n_heads, -1)], -1)
         scale = (self.nope_dim + self.rope_dim) ** -0.5
-        if self.v_dim == k.shape[-1]:
-            o = causal_attention(q, k, v, scale=scale, backend=self.backend)
-        else:  # SDPA and flash-attn want one head size: pad the values, drop the padding after
-            o = causal_attention(q, k, nn.functional.pad(v, (0, k.shape[-1] - self.v_dim)), scale=scale, backend=self.backend)
-            o = o[..., : self.v_dim]
+        # flash-attn wants one head size: zero-pad the narrower of q.k and v (zeros change no dot
+        # product and no weighted value; the scale stays the q.k width's), drop the padding after
+        width = max(k.shape[-1], self.v_dim)
+        q, k, v = (nn.functional.pad(x, (0, width - x.shape[-1])) for x in (q, k, v))
+        o = causal_attention(q, k, v, scale=scale, backend=self.backend)[..., : self.v_dim]
         return self.out_proj(o.flatten(2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -134,3 +134,18 @@ def test_mla_caches_the_latent_and_rope_key_only():
         torch.testing.assert_close(stepped, mla(x))
     assert state["latent"].shape == (1, 7, 12) and state["k_rope"].shape == (1, 7, 4)
     assert state_numel(state) == mla.state_size(7) == 7 * 16  # attention would hold 7 * 2 * 4 * 8
+
+
+@pytest.mark.parametrize("v_dim", [6, 20])  # narrower and wider than q.k (8 + 4)
+def test_mla_values_of_another_width_than_qk_are_attended_exactly(v_dim):
+    from arch.blocks.mla import MLA
+    from arch.ops.attention import sliding_window_attention_naive
+
+    mla = randomised(MLA(D, 0, n_heads=2, head_dim=8, rope_dim=4, kv_rank=10, v_dim=v_dim))
+    x = torch.randn(1, 9, D, dtype=torch.float64)
+    q = mla._queries(x, range(9))
+    latent, k_rope = mla._latents(x, range(9))
+    k_nope, v = mla.kv_up(latent).view(1, 9, 2, -1).split([8, v_dim], -1)
+    k = torch.cat([k_nope, k_rope.unsqueeze(2).expand(-1, -1, 2, -1)], -1)
+    expected = mla.out_proj(sliding_window_attention_naive(q, k, v, scale=12**-0.5).flatten(2))
+    torch.testing.assert_close(mla(x), expected, rtol=1e-10, atol=1e-10)
