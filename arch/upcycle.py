@@ -54,24 +54,30 @@ def upcycled_config(parent: dict, n: int, kv: str = "separate", ffn_top_k: int =
         raise ConfigError(f"Upcycling takes parents whose every layer is one attention block; these have layers {sorted(mixers)}.")
     if not isinstance(parent.get("mlp"), str) or blocks.get(parent["mlp"], {}).get("_target_") != SWIGLU:
         raise ConfigError(f"Upcycling takes parents whose feed-forward is one SwiGLU block; these have mlp={parent.get('mlp')!r}.")
-    attn, mlp = blocks[next(iter(mixers))], blocks[parent["mlp"]]
-    if attn.get("window") is not None or attn.get("bias") or mlp.get("bias"):
-        raise ConfigError("Upcycling supports attention without a window and projections without biases.")
+    attn, mlp = _complete(blocks[next(iter(mixers))]), _complete(blocks[parent["mlp"]])
+    # an MoA expert is plain multi-head attention: any other attention option (a window, biases, QK-norm,
+    # gates, another score or position...) would be dropped or misread, so it is refused
+    plain = _complete({"_target_": ATTENTION})
+    kept = {"_target_", "n_heads", "n_kv_heads", "head_dim", "rope_base", "backend"}
+    departures = sorted(k for k, v in attn.items() if k not in kept and v != plain.get(k) and not (k == "position" and v == "none"))
+    if departures or mlp["bias"]:
+        named = ", ".join(f"{k}={attn[k]!r}" for k in departures) + ("" if not mlp["bias"] else ", feed-forward bias=True")
+        raise ConfigError(f"Upcycling takes plain attention and bias-free SwiGLU parents; these set {named.strip(', ')}.")
     d = parent["d_model"]
-    n_heads = attn.get("n_heads", 4)
+    n_heads = attn["n_heads"]
     moa = {
         "_target_": "arch.blocks.moa.MoA",
         "n_experts": n,
         "top_k": n,
         "expert_heads": n_heads,
-        "head_dim": attn.get("head_dim") or d // n_heads,
-        "n_kv_heads": attn.get("n_kv_heads") or n_heads,
+        "head_dim": attn["head_dim"] or d // n_heads,  # Attention's own default head size
+        "n_kv_heads": attn["n_kv_heads"] or n_heads,
         "kv": kv,
-        "position": attn.get("position", "rope"),
-        "rope_base": attn.get("rope_base", 10000.0),
+        "position": attn["position"],
+        "rope_base": attn["rope_base"],
         "normalize": True,
     }
-    hidden = mlp.get("hidden") or _swiglu_hidden(d, mlp.get("multiple_of", 32))
+    hidden = mlp["hidden"] or _swiglu_hidden(d, mlp["multiple_of"])
     moe = {"_target_": "arch.blocks.moe.MoE", "n_experts": n, "top_k": ffn_top_k, "hidden": hidden}
     child = copy.deepcopy(parent)
     child.update(name="bam", layers=["moa"], overrides=None, mlp="moe", blocks={"moa": moa, "moe": moe})

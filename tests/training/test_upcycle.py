@@ -104,3 +104,13 @@ def test_refusals_write_nothing(tmp_path):
     with pytest.raises(SystemExit, match="exists"):
         main(["--parents", str(tmp_path / "a.ckpt"), str(tmp_path / "a.ckpt"), "--out", str(out)])
     assert out.read_bytes() == b"keep"
+
+
+@pytest.mark.parametrize(
+    "option", ["model.blocks.attention.qk_norm=true", "model.blocks.attention.window=16", "model.blocks.attention.score=sigmoid"]
+)
+def test_parents_with_attention_options_a_moa_expert_cannot_hold_are_refused(tmp_path, option):
+    dense_checkpoint(tmp_path / "a.ckpt", seed=1, overrides=SMALL + [option])
+    with pytest.raises(SystemExit, match=option.split(".")[-1].split("=")[0]):
+        main(["--parents", str(tmp_path / "a.ckpt"), str(tmp_path / "a.ckpt"), "--out", str(tmp_path / "bam.ckpt")])
+    assert not (tmp_path / "bam.ckpt").exists()
