@@ -20,10 +20,11 @@ import torch.nn.functional as F
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk_size: int, grads: bool) -> torch.Tensor:
+        # ``grads``: whether the caller records gradients (grad mode is always off in here, and
+        # needs_input_grad does not see an outer no_grad)
         n = h.shape[0]
         acc = torch.promote_types(h.dtype, torch.float32)
-        grads = torch.is_grad_enabled() or any(ctx.needs_input_grad[:2])
         need_h, need_w = grads and ctx.needs_input_grad[0], grads and ctx.needs_input_grad[1]
         grad_h = torch.empty_like(h) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
@@ -50,7 +51,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_h, grad_w = ctx.saved_tensors
         gh = None if grad_h is None else (grad_h * grad_out).to(ctx.dtypes[0])
         gw = None if grad_w is None else (grad_w * grad_out).to(ctx.dtypes[1])
-        return gh, gw, None, None
+        return gh, gw, None, None, None
 
 
 def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
@@ -60,4 +61,4 @@ def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, labels: torch.Te
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if h.shape[0] == 0:
         return F.cross_entropy(h @ weight.T, labels)  # nan, as the unfused loss over no tokens
-    return _LinearCrossEntropy.apply(h, weight, labels, chunk_size)
+    return _LinearCrossEntropy.apply(h, weight, labels, chunk_size, torch.is_grad_enabled())

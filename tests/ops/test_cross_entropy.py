@@ -45,3 +45,17 @@ def test_model_loss_with_and_without_chunks_agree_and_mask_unlabelled_positions(
         g2 = torch.autograd.grad(plain.loss(ids, labels), list(plain.parameters()))
         for a, b in zip(g1, g2):
             torch.testing.assert_close(a, b)
+
+
+def test_without_grad_mode_the_loss_is_the_same_and_no_gradient_is_formed(monkeypatch):
+    torch.manual_seed(1)
+    h, w = torch.randn(20, 8, requires_grad=True), torch.randn(12, 8, requires_grad=True)
+    y = torch.randint(0, 12, (20,))
+    with torch.no_grad():
+        calls = []
+        real_div = torch.Tensor.div_
+        monkeypatch.setattr(torch.Tensor, "div_", lambda self, *a: calls.append(1) or real_div(self, *a))
+        loss = linear_cross_entropy(h, w, y, 7)
+        monkeypatch.undo()
+    assert not calls  # the softmax-minus-one-hot gradient was never formed
+    torch.testing.assert_close(loss, F.cross_entropy(h @ w.T, y).detach())
