@@ -69,24 +69,35 @@ def _steady(times: list[float], warmup: int) -> float:
     return statistics.median(intervals)
 
 
-def bare_loop(values: dict, datamodule, steps: int) -> tuple[list[float], torch.nn.Module, torch.device]:
+def bench_device(values: dict) -> torch.device:
+    """Where both loops train: the device the trainer config picks (CUDA for gpu/cuda, and for auto when present)."""
+    on_gpu = torch.cuda.is_available() and values["trainer"].get("accelerator") in ("gpu", "cuda", "auto")
+    return torch.device("cuda" if on_gpu else "cpu")
+
+
+def bench_precision(values: dict, device: torch.device) -> str:
+    """The trainer's precision as `training.run` resolves it: bf16-mixed on a GPU, 32-true on a CPU, unless set."""
+    return str(values["trainer"].get("precision") or ("bf16-mixed" if device.type == "cuda" else "32-true"))
+
+
+def bare_loop(values: dict, datamodule, steps: int, device: torch.device) -> tuple[list[float], torch.nn.Module]:
     from training.task import LMTask
 
     pl.seed_everything(values["seed"], workers=True, verbose=False)
     vocab = values["model"].get("vocab_size") or datamodule.vocab_size
     task = LMTask(values["model"], vocab, values["optim"], values["schedule"], steps)
-    device = torch.device("cuda" if values["trainer"].get("accelerator") in ("gpu", "cuda") else "cpu")
     model = task.model.to(device)
     config = task.configure_optimizers()
     opt, sched = config["optimizer"], config["lr_scheduler"]["scheduler"]
     clip = values["trainer"].get("gradient_clip_val")
     datamodule.setup("fit")
-    times = []
+    times, bf16 = [], bench_precision(values, device) == "bf16-mixed"
     batches = iter(datamodule.train_dataloader())
     for _ in range(steps):
         batch = next(batches)
         ids, labels = batch["input_ids"].to(device), batch["labels"].to(device)
-        loss = model.objective(ids, labels)[0]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = model.objective(ids, labels)[0]
         loss.backward()
         if clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
@@ -96,7 +107,7 @@ def bare_loop(values: dict, datamodule, steps: int) -> tuple[list[float], torch.
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times.append(time.perf_counter())
-    return times, model, device
+    return times, model
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -130,34 +141,30 @@ def main(argv: Sequence[str] | None = None) -> None:
         values = resolve(cfg)
         seq_len, batch = values["data"]["seq_len"], values["data"]["batch_size"]
 
+        device = bench_device(values)
+
         def framework():
             run_dir = Path(tmp) / "framework"
             train(cfg, run_dir)
-            times = json.loads((run_dir / "step_times.json").read_text())
-            from training.task import LMTask
-
-            task = LMTask.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt", map_location="cpu")
-            on_gpu = torch.cuda.is_available() and values["trainer"].get("accelerator") in ("gpu", "cuda", "auto")
-            device = torch.device("cuda" if on_gpu else "cpu")
-            results["framework"] = (times, task.model, device, _peak_memory_mib(device))
+            results["framework"] = (json.loads((run_dir / "step_times.json").read_text()), _peak_memory_mib(device))
 
         def bare():
             datamodule = validate(resolve(cfg), Path(tmp) / "bare").datamodule
-            times, model, device = bare_loop(values, datamodule, args.steps)
-            results["bare"] = (times, model, device, _peak_memory_mib(device))
+            times, model = bare_loop(values, datamodule, args.steps, device)
+            results["bare"] = (times, _peak_memory_mib(device))
+            results["flops_per_token"] = training_flops_per_token(model, seq_len)  # the same model on both sides
 
         for side in (bare, framework) if args.bare_first else (framework, bare):
             side()
-    precision = str(values["trainer"].get("precision") or "32-true")
+    peak = peak_flops(None, device, bench_precision(values, device), OmegaConf.to_container(cfg.paths, resolve=True)["cache"])
     print(f"\n{' '.join(overrides)}: {args.steps} steps, median over steps {args.warmup + 1}-{args.steps}, "
           f"T={seq_len}, batch {batch}, {torch.get_num_threads()} threads\n")
     print("| loop | tokens/s | step ms | peak memory MiB | MFU |\n| --- | ---: | ---: | ---: | ---: |")
     tps = {}
     for side in ("framework", "bare"):
-        times, model, device, memory = results[side]
+        times, memory = results[side]
         step = _steady(times, args.warmup)
         tps[side] = seq_len * batch / step
-        peak = peak_flops(None, device, precision, OmegaConf.to_container(cfg.paths, resolve=True)["cache"])
-        mfu = tps[side] * training_flops_per_token(model, seq_len) / peak if peak else float("nan")
+        mfu = tps[side] * results["flops_per_token"] / peak if peak else float("nan")
         print(f"| {side} | {tps[side]:,.0f} | {1e3 * step:.1f} | {memory:,.0f} | {100 * mfu:.1f}% |")
     print(f"\nframework/bare: {tps['framework'] / tps['bare']:.2f}x")

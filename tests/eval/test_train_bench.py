@@ -1,0 +1,34 @@
+"""python -m eval.bench train on a tiny model: both loops train the same steps and the table and the
+framework/bare ratio come out finite and positive."""
+
+import re
+
+from eval.train_bench import main
+
+
+def test_train_bench_times_both_loops_and_prints_their_ratio(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("MIXERLAB_CACHE", str(tmp_path / "cache"))
+    main(
+        [
+            "model.d_model=32",
+            "model.n_layers=1",
+            "model.blocks.attention.n_heads=2",
+            "data.tokenizer=byte",
+            "data.seq_len=32",
+            "data.batch_size=2",
+            "data.max_files=40",
+            "data.val_fraction=0.2",
+            "--steps",
+            "8",
+            "--warmup",
+            "2",
+        ]
+    )
+    out = capsys.readouterr().out
+    rows = {
+        m[0]: [float(x.replace(",", "").rstrip("%")) for x in m[1:]]
+        for m in re.findall(r"\| (framework|bare) \| ([\d,.]+) \| ([\d.]+) \| ([\d,]+) \| ([\d.]+)% \|", out)
+    }
+    assert set(rows) == {"framework", "bare"} and all(v > 0 for row in rows.values() for v in row)
+    ratio = float(re.search(r"framework/bare: ([\d.]+)x", out).group(1))
+    assert abs(ratio - rows["framework"][0] / rows["bare"][0]) < 0.01
