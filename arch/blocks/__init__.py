@@ -38,6 +38,8 @@ CamelCase. Files that hold a family, and the presets named after a model rather 
     rwkv7                    rwkv7.py              RWKV7TimeMix       rwkv7
     rwkv7_channel            rwkv6.py              RWKV6ChannelMix    rwkv7 (receptance=False, expansion 4, depth_power 4)
     selective                attention.py          Attention          selective (selective: true)
+    selective_budget         attention.py          Attention          (selective attention with a context budget)
+    query_temperature        attention.py          Attention          (temperature: query_position)
     sigmoid_attention        attention.py          Attention          (score: sigmoid)
     sink_attention           attention.py          Attention          (sink: learnable)
     swiglu                   mlp.py                SwiGLU             (channel mixer)

@@ -10,7 +10,14 @@ attention, parameter for parameter):
     kv_shift         k_t <- a1 k_t + a2 k_{t-1}, v_t <- b1 v_t + b2 v_{t-1} (k_{-1} = 0), learned scalars
                      per K/V head, a1, b1 ~ U(0, 1), a2 = 1 - a1, b2 = 1 - b1 ("KV Shifting Attention
                      Enhances Language Modeling", eq. 4-6); applied to the projections, before RoPE
-    temperature      per_head: logits_h <- exp(s_h) logits_h, s_h learned, 0 at init
+    temperature      per_head: logits_h <- exp(s_h) logits_h, s_h learned, 0 at init (a learned temperature
+                     per head, as "Length Generalization of Causal Transformers without Position
+                     Encoding" scales each head's logits)
+                     query_position: q_th <- tau_th q_th, tau_th = 1 + tanh(w_h . x_t) + beta_h log(1 + t),
+                     a temperature from the query token and its position t (0-based) (Zhang et al. 2024,
+                     "Selective Attention: Enhancing Transformer through Principled Context Control":
+                     the token term and the log-position term that counters attention dilution);
+                     w_h = 0, beta_h = 0 at init, so training starts from plain attention
     forget_gate      logits_ts += sum_{l = s+1..t} log f_l, f_t = sigmoid(w_h . x_t + b_h) per head
                      (the Forgetting Transformer, Lin et al. 2025; W ~ N(0, 0.02), b = 0)
     output_gate      o <- sigmoid(x W_g) * o before the output projection (gated attention)
@@ -32,7 +39,12 @@ attention, parameter for parameter):
                      Transformer"): S = ReLU of head 0's logits (none for the first token or a query's
                      own token), every head's logits at query i lowered by sum_{i' < i} S_i'j;
                      parameter-free. The decode state adds the accumulated mask per cached token
-                     (no KV pruning yet: every token is kept and counted)
+    selective_budget K: selective attention's context pruning (the paper's memory budget): the decode
+                     cache holds at most K tokens; when a new token would exceed it, the cached token with
+                     the largest accumulated mask F (the one selection has hidden most) is dropped for good
+                     (never the first token nor the current one). forward applies the same drops as a mask
+                     (`arch.ops.attention.selective_keep`), so training sees what decoding will and step
+                     equals forward; the paper prunes at inference only. state_size counts the K kept
     mta_kernel       [c_q, c_k]: multi-token attention (Golovneva et al. 2025): the scaled scores, zeroed
                      above the diagonal, convolved per head over the c_q - 1 previous queries and c_k
                      keys centred on each key, before the causal mask and softmax; identity-initialised.
@@ -82,7 +94,7 @@ class Attention(nn.Module):
         qk_norm: bool = False,
         rope_fraction: float = 1.0,
         kv_shift: bool = False,
-        temperature: Literal["none", "per_head"] = "none",
+        temperature: Literal["none", "per_head", "query_position"] = "none",
         forget_gate: bool = False,
         output_gate: bool = False,
         qkv_conv: int | None = None,
@@ -91,6 +103,7 @@ class Attention(nn.Module):
         sink: Literal["none", "learnable"] = "none",
         cope_positions: int = 64,
         selective: bool = False,
+        selective_budget: int | None = None,
         mta_kernel: list[int] | None = None,
         mta_head_mix: bool = False,
     ):
@@ -133,10 +146,15 @@ class Attention(nn.Module):
                 f"{' and '.join(own_path)}: each has its own score path and needs score: softmax, no window, forget_gate or sink, "
                 "and none of the others among position: cope, selective and multi-token attention"
             )
+        if selective_budget is not None and (not selective or selective_budget < 2):
+            raise ValueError(
+                f"selective_budget prunes selective attention's context: it needs selective: true and >= 2 "
+                f"(the first token and the current one are always held), got selective={selective}, budget={selective_budget}"
+            )
         if mta_kernel is not None and (len(mta_kernel) != 2 or min(mta_kernel) < 1):
             raise ValueError(f"mta_kernel is [query taps, key taps], each >= 1, got {mta_kernel}")
-        if temperature not in ("none", "per_head"):
-            raise ValueError(f"temperature must be 'none' or 'per_head', got {temperature!r}")
+        if temperature not in ("none", "per_head", "query_position"):
+            raise ValueError(f"temperature must be 'none', 'per_head' or 'query_position', got {temperature!r}")
         self.position, self.rope_base, self.window, self.backend = position, rope_base, window, backend
         width = self.maps * self.head_dim
         self.q_proj = nn.Linear(d_model, n_heads * width, bias=bias)
@@ -148,6 +166,11 @@ class Attention(nn.Module):
         if self.kv_shift is not None:
             no_weight_decay(self.kv_shift)  # mixing weights, not a projection
         self.log_temperature = nn.Parameter(torch.zeros(n_heads)) if temperature == "per_head" else None
+        # query_position: the token term's weights w [H, d_model] (a projection, decayed) and beta [H]
+        self.temperature_proj = nn.Linear(d_model, n_heads, bias=False) if temperature == "query_position" else None
+        self.temperature_position = nn.Parameter(torch.zeros(n_heads)) if temperature == "query_position" else None
+        if self.temperature_position is not None:
+            no_weight_decay(self.temperature_position)
         self.forget_proj = nn.Linear(d_model, n_heads, bias=True) if forget_gate else None
         self.g_proj = nn.Linear(d_model, n_heads * width, bias=False) if output_gate else None
         channels = (n_heads + 2 * self.n_kv_heads) * width
@@ -161,7 +184,7 @@ class Attention(nn.Module):
             self.lambdas = self.diff_norm = None
         self.score, self.sigmoid_bias = score, sigmoid_bias
         self.sink = nn.Parameter(torch.zeros(n_heads)) if sink == "learnable" else None
-        self.selective = selective
+        self.selective, self.selective_budget = selective, selective_budget
         self.mta_kernel = nn.Parameter(torch.empty(n_heads, *mta_kernel)) if mta_kernel is not None else None
         self.mta_head_mix = nn.Parameter(torch.empty(n_heads, n_heads)) if mta_head_mix else None
         for p in (self.mta_kernel, self.mta_head_mix):
@@ -178,6 +201,9 @@ class Attention(nn.Module):
                 self.kv_shift[:, 1] = 1 - current
         if self.log_temperature is not None:
             nn.init.zeros_(self.log_temperature)
+        if self.temperature_proj is not None:
+            nn.init.zeros_(self.temperature_proj.weight)
+            nn.init.zeros_(self.temperature_position)
         if self.forget_proj is not None:
             nn.init.zeros_(self.forget_proj.bias)
         if self.sink is not None:
@@ -223,19 +249,32 @@ class Attention(nn.Module):
         k_prev, v_prev = torch.cat([prev_k, k[:, :-1]], 1), torch.cat([prev_v, v[:, :-1]], 1)
         return w[0, 0] * k + w[0, 1] * k_prev, w[1, 0] * v + w[1, 1] * v_prev
 
-    def _finish_qk(self, q: torch.Tensor, k: torch.Tensor, positions) -> tuple[torch.Tensor, torch.Tensor]:
+    def _finish_qk(self, q: torch.Tensor, k: torch.Tensor, positions, x: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """QK-norm, RoPE and the query temperature (``x``, the block's input, for temperature:
+        query_position)."""
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if self.position == "rope":
             q, k = self._rope(q, positions), self._rope(k, positions)
         if self.log_temperature is not None:
             q = q * self.log_temperature.exp().to(q.dtype)[:, None]
+        if self.temperature_proj is not None:
+            q = q * self.query_temperature(x, positions).to(q.dtype)[..., None]
         return q, k
+
+    def query_temperature(self, x: torch.Tensor, positions) -> torch.Tensor:
+        """temperature: query_position's tau [B, T, H] = 1 + tanh(w_h . x_t) + beta_h log(1 + t)."""
+        if isinstance(positions, range):
+            t = torch.arange(positions.start, positions.stop, device=x.device)
+        else:
+            t = positions.to(x.device)
+        log_t = torch.log1p(t.to(torch.promote_types(x.dtype, torch.float32)))
+        return 1 + torch.tanh(self.temperature_proj(x)) + log_t[:, None] * self.temperature_position
 
     def _qkv(self, x: torch.Tensor, positions: torch.Tensor | range):
         """q, k, v of a whole sequence (no kv_shift: that needs the previous token, see forward/step)."""
         q, k, v, _ = self._project(x)
-        q, k = self._finish_qk(q, k, positions)
+        q, k = self._finish_qk(q, k, positions, x)
         return q, k, v
 
     def lambda_(self) -> torch.Tensor:
@@ -245,7 +284,7 @@ class Attention(nn.Module):
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if self.selective:
-            return selective_attention(q, k, v)
+            return selective_attention(q, k, v, budget=self.selective_budget)
         if self.mta_kernel is not None or self.mta_head_mix is not None:
             return mta_attention(q, k, v, self.mta_kernel, self.mta_head_mix)
         if self.maps == 2:  # heads ordered [head, map]
@@ -282,7 +321,7 @@ class Attention(nn.Module):
         if self.kv_shift is not None:
             zero = k.new_zeros(k.shape[0], 1, *k.shape[2:])
             k, v = self._shift(k, v, zero, zero)
-        q, k = self._finish_qk(q, k, positions)
+        q, k = self._finish_qk(q, k, positions, x)
         bias = None
         if self.forget_proj is not None:
             cum = self._log_forget(x).cumsum(1).transpose(1, 2)  # [B, H, T]: F_t
@@ -318,7 +357,7 @@ class Attention(nn.Module):
         if self.kv_shift is not None:
             new["prev_k"], new["prev_v"] = k, v
             k, v = self._shift(k, v, state["prev_k"], state["prev_v"])
-        q, k = self._finish_qk(q, k, torch.tensor([state["pos"]], device=x.device))
+        q, k = self._finish_qk(q, k, torch.tensor([state["pos"]], device=x.device), x)
         k = torch.cat([state["k"], k], dim=1)
         v = torch.cat([state["v"], v], dim=1)
         bias = None
@@ -331,9 +370,9 @@ class Attention(nn.Module):
             bias = (now - cum)[:, :, None, :]  # [B, H, 1, Tk]
         if self.window is not None:
             k, v = k[:, -self.window :], v[:, -self.window :]
-        new["k"], new["v"] = k, v
         if self.selective:
             return self._output(x, self._selective_step(q, k, v, state, new)), new
+        new["k"], new["v"] = k, v
         if "past_q" in state:  # multi-token attention reads the previous queries' scores
             o = mta_attention(q, k, v, self.mta_kernel, self.mta_head_mix, past_q=state["past_q"])
             new["past_q"] = torch.cat([state["past_q"], q], 1)[:, 1:]
@@ -341,15 +380,26 @@ class Attention(nn.Module):
         return self._output(x, self._attend(q, k, v, bias)), new
 
     def _selective_step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: dict, new: dict) -> torch.Tensor:
-        """One query against the cache, its logits lowered by the mask the earlier queries accumulated."""
-        logits, vv = explicit_scores(q, k, v, None)  # [B, H, 1, Tk]
+        """One query against the cache, its logits lowered by the mask the earlier queries accumulated;
+        with a budget, the most-masked cached token dropped first when the cache would exceed it."""
         mask = F.pad(state["select"], (0, 1))  # nothing accumulated yet for the new token
+        if self.selective_budget is not None and mask.shape[1] > self.selective_budget:
+            candidates = mask.clone()
+            candidates[:, 0] = candidates[:, -1] = float("-inf")  # the first token and the current one stay
+            held = torch.ones_like(mask, dtype=torch.bool)
+            held[torch.arange(mask.shape[0], device=mask.device), candidates.argmax(-1)] = False
+            b, n = mask.shape
+            k, v, mask = k[held].view(b, n - 1, *k.shape[2:]), v[held].view(b, n - 1, *v.shape[2:]), mask[held].view(b, n - 1)
+        new["k"], new["v"] = k, v
+        logits, vv = explicit_scores(q, k, v, None)  # [B, H, 1, Tk]
         new["select"] = mask + selection_scores(logits[:, 0])[:, 0]
         weights = (logits - mask[:, None, None]).softmax(-1)
         return torch.einsum("bhts,bshd->bthd", weights, vv)
 
     def state_size(self, seq_len: int) -> int:
         cached = seq_len if self.window is None else min(seq_len, self.window)
+        if self.selective_budget is not None:
+            cached = min(seq_len, self.selective_budget)
         size = 2 * self.n_kv_heads * self.maps * self.head_dim * cached
         if self.kv_shift is not None:
             size += 2 * self.n_kv_heads * self.head_dim

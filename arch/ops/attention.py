@@ -193,14 +193,44 @@ def selection_scores(logits0: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.zeros_like(s[..., :1]), s[..., 1:]], -1)
 
 
-def selective_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+def selective_keep(f: torch.Tensor, budget: int) -> torch.Tensor:
+    """Selective attention's context pruning under a budget: which keys query i still holds [B, T, T]
+    (bool), given F [B, T, T] (F_ij: the mask key j accumulated from the queries before i). Token i
+    joins the context at query i; when the context then holds more than ``budget`` tokens, the one with
+    the largest F_ij is dropped for good (the first token of the sequence and token i itself never; ties
+    go to the earliest), so at most ``budget`` keys are held at any query. This is the eviction
+    `Attention.step` performs on its cache, written over a whole sequence."""
+    b, t, _ = f.shape
+    if budget < 2:
+        raise ValueError(f"a selective context budget holds the first token and the current one: >= 2, got {budget}")
+    held = torch.zeros(b, t, dtype=torch.bool, device=f.device)
+    rows, batch = [], torch.arange(b, device=f.device)
+    for i in range(t):
+        held[:, i] = True
+        if min(i, budget) + 1 > budget:
+            candidates = f[:, i].masked_fill(~held, float("-inf"))
+            candidates[:, 0] = candidates[:, i] = float("-inf")
+            held[batch, candidates.argmax(-1)] = False
+        rows.append(held.clone())
+    return torch.stack(rows, 1)
+
+
+def selective_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None, budget: int | None = None
+) -> torch.Tensor:
     """Causal softmax attention in which earlier tokens mask later ones (Leviathan et al. 2024):
     every head's logits minus F_ij = sum_{i' < i} S_i'j, S = `selection_scores` of head 0. Parameter-free;
-    explicit [T, T] path; GQA by fewer K/V heads."""
+    explicit [T, T] path; GQA by fewer K/V heads. ``budget``: at most that many keys held per query,
+    the most-masked dropped first (`selective_keep`); q and k then cover the same positions."""
     logits, vv = explicit_scores(q, k, v, scale)
     s = selection_scores(logits[:, 0])
     f = F.pad(s.cumsum(-2), (0, 0, 1, 0))[..., :-1, :]  # query i accumulates the rows of queries before it
-    logits = (logits - f[:, None]).masked_fill(~_visible(q.shape[1], k.shape[1], None, q.device), float("-inf"))
+    hidden = ~_visible(q.shape[1], k.shape[1], None, q.device)
+    if budget is not None:
+        if q.shape[1] != k.shape[1]:
+            raise ValueError("selective attention with a budget needs the queries of every key (Tq == Tk)")
+        hidden = hidden | ~selective_keep(f, budget)
+    logits = (logits - f[:, None]).masked_fill(hidden if hidden.dim() == 2 else hidden[:, None], float("-inf"))
     return torch.einsum("bhts,bshd->bthd", logits.softmax(-1), vv)
 
 

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -95,10 +97,11 @@ def _pair(**options):
     [
         ({"kv_shift": True}, lambda m: m.kv_shift.data.copy_(torch.tensor([[[1.0, 1.0]], [[0.0, 0.0]]]).permute(1, 0, 2).expand(2, 2, 2))),
         ({"temperature": "per_head"}, lambda m: m.log_temperature.data.zero_()),
+        ({"temperature": "query_position"}, lambda m: (m.temperature_proj.weight.data.zero_(), m.temperature_position.data.zero_())),
         ({"forget_gate": True}, lambda m: (m.forget_proj.weight.data.zero_(), m.forget_proj.bias.data.fill_(1e4))),
         ({"rope_fraction": 1.0}, lambda m: None),
     ],
-    ids=["kv_shift_1_0", "temperature_1", "forget_gate_open", "rope_fraction_1"],
+    ids=["kv_shift_1_0", "temperature_1", "query_temperature_1", "forget_gate_open", "rope_fraction_1"],
 )
 def test_options_at_their_neutral_values_are_plain_attention(options, neutral):
     plain, varied = _pair(**options)
@@ -171,10 +174,17 @@ def test_a_sink_at_minus_infinity_is_plain_attention_and_at_zero_takes_mass():
 
 
 @pytest.mark.parametrize(
-    "bad", [{"sink": "learnable", "window": 8}, {"score": "sigmoid", "sink": "learnable"}, {"score": "sigmoid", "forget_gate": True}]
+    "bad",
+    [
+        {"sink": "learnable", "window": 8},
+        {"score": "sigmoid", "sink": "learnable"},
+        {"score": "sigmoid", "forget_gate": True},
+        {"selective_budget": 8},
+        {"selective": True, "selective_budget": 1},
+    ],
 )
 def test_incompatible_options_are_refused_with_the_reason(bad):
-    with pytest.raises(ValueError, match="sink|forget_gate"):
+    with pytest.raises(ValueError, match="sink|forget_gate|selective_budget"):
         Attention(32, 0, **bad)
 
 
@@ -279,3 +289,64 @@ def test_mta_convolution_equals_its_explicit_sum():
     mixed = torch.einsum("hg,gts->hts", mix, conv).masked_fill(~torch.ones(t, t, dtype=torch.bool).tril(), float("-inf"))
     expected = torch.einsum("hts,shd->thd", mixed.softmax(-1), v[0])
     torch.testing.assert_close(mta_attention(q, k, v, kernel, mix, scale=0.5)[0], expected, rtol=1e-10, atol=1e-10)
+
+
+def test_query_temperature_scales_each_query_by_its_token_and_log_position_term():
+    from arch.ops.attention import sliding_window_attention_naive
+
+    plain, tempered = _pair(temperature="query_position")
+    with torch.no_grad():
+        tempered.temperature_proj.weight.normal_(0, 0.3)
+        tempered.temperature_position.copy_(torch.tensor([0.5, -0.2, 0.0, 1.0]))
+    x = torch.randn(2, 10, 32, dtype=torch.float64)
+    q, k, v = plain._qkv(x, range(10))
+    tau = torch.empty(2, 10, 4, dtype=torch.float64)
+    for t in range(10):
+        for h in range(4):
+            w_h, beta_h = tempered.temperature_proj.weight[h], tempered.temperature_position[h]
+            tau[:, t, h] = 1 + torch.tanh(x[:, t] @ w_h) + beta_h * math.log(1 + t)
+    expected = plain.out_proj(sliding_window_attention_naive(q * tau[..., None], k, v).flatten(2))
+    torch.testing.assert_close(tempered(x), expected, rtol=1e-10, atol=1e-10)
+
+
+def _held_by_eviction(f: torch.Tensor, budget: int) -> list[list[set]]:
+    """The context-budget rule written with Python sets, one query at a time: token i joins at query i;
+    over budget, drop the held token (not the first, not i) with the largest F[i, j], earliest on ties."""
+    out = []
+    for b in range(f.shape[0]):
+        held, rows = set(), []
+        for i in range(f.shape[1]):
+            held.add(i)
+            if len(held) > budget:
+                candidates = sorted(j for j in held if j not in (0, i))
+                drop = max(candidates, key=lambda j: (f[b, i, j].item(), -j))
+                held.remove(drop)
+            rows.append(set(held))
+        out.append(rows)
+    return out
+
+
+def test_selective_budget_holds_what_the_eviction_rule_holds_and_a_large_budget_changes_nothing():
+    from arch.ops.attention import selective_attention, selective_keep
+
+    torch.manual_seed(5)
+    f = torch.rand(3, 12, 12, dtype=torch.float64)
+    f[:, :, 5] = 0.0  # ties: the earliest of equal masks goes first
+    f[:, :, 7] = 0.0
+    held = selective_keep(f, 4)
+    for b, rows in enumerate(_held_by_eviction(f, 4)):
+        for i, row in enumerate(rows):
+            assert set(torch.nonzero(held[b, i]).flatten().tolist()) == row
+    assert held.sum(-1).max() == 4
+    q, k, v = (torch.randn(2, 10, 2, 4, dtype=torch.float64) for _ in range(3))
+    torch.testing.assert_close(selective_attention(q, k, v, budget=10), selective_attention(q, k, v), rtol=0, atol=0)
+    assert not torch.allclose(selective_attention(q, k, v, budget=3), selective_attention(q, k, v))
+
+
+def test_selective_budget_decode_keeps_at_most_the_budget_in_its_cache():
+    block = Attention(32, 0, n_heads=4, selective=True, selective_budget=5).double()
+    state = block.init_state(2, dtype=torch.float64)
+    for _ in range(9):
+        _, state = block.step(torch.randn(2, 1, 32, dtype=torch.float64), state)
+    assert state["k"].shape[1] == state["v"].shape[1] == state["select"].shape[1] == 5
+    assert block.state_size(9) == block.state_size(5) < Attention(32, 0, n_heads=4, selective=True).state_size(9)

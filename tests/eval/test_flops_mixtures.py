@@ -42,8 +42,16 @@ def test_moe_flops_are_the_top_k_experts(make, monkeypatch):
         lambda: Attention(D, n_heads=4, score="sigmoid"),
         lambda: Attention(D, n_heads=4, position="cope", cope_positions=32),
         lambda: Attention(D, n_heads=4, n_kv_heads=2, forget_gate=True, output_gate=True, qk_norm=True, kv_shift=True),
+        lambda: Attention(D, n_heads=4, sink="learnable", temperature="query_position", rope_fraction=0.5),
+        lambda: Attention(D, n_heads=4, n_kv_heads=2, selective=True),
+        lambda: Attention(D, n_heads=4, selective=True, selective_budget=16),
+        lambda: Attention(D, n_heads=4, mta_kernel=[3, 5], mta_head_mix=True),
+        lambda: Attention(D, n_heads=4, qkv_conv=4),
     ],
-    ids=["moa_shared", "moa_separate", "moh", "mla", "differential", "sigmoid", "cope", "gated_options"],
+    ids=[
+        "moa_shared", "moa_separate", "moh", "mla", "differential", "sigmoid", "cope", "gated_options",
+        "sink_query_temperature", "selective", "selective_budget", "mta", "qkv_conv",
+    ],
 )
 def test_attention_mixture_flops_match_the_counter(make):
     from arch.flops import MIXING_FLOPS, forward_flops_per_token
@@ -54,7 +62,8 @@ def test_attention_mixture_flops_match_the_counter(make):
         block(torch.randn(b, t, D))
     ops = {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
     # the counter charges attention's full T x T scores; arch.flops counts the causal half
-    expected = ops["aten.mm"] + ops.get("aten.bmm", 0) * _mean_context(t, None) / t
+    # convolutions (MTA over the whole score map, qkv_conv over time) are charged in full by both
+    expected = ops["aten.mm"] + ops.get("aten.bmm", 0) * _mean_context(t, None) / t + ops.get("aten.convolution", 0)
     assert forward_flops_per_token(block, t) * b * t == pytest.approx(expected, rel=0.1)
     assert MIXING_FLOPS[type(block)](block, t) > 0
 
