@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from arch.config import ConfigError
@@ -30,7 +31,11 @@ class Checkpoint(ModelCheckpoint):
         if not isinstance(every_n_steps, int) or every_n_steps <= 0:
             raise ValueError(f"every_n_steps must be a positive number of steps, got {every_n_steps!r}")
         super().__init__(
-            dirpath=dirpath, filename="step{step}", auto_insert_metric_name=False, save_last=True, save_top_k=0,
+            dirpath=dirpath,
+            filename="step{step}",
+            auto_insert_metric_name=False,
+            save_last=True,
+            save_top_k=0,
             every_n_train_steps=every_n_steps,
         )
 
@@ -151,8 +156,13 @@ class Progress(pl.Callback):
         if not trainer.is_global_zero:
             return
         self._bar = tqdm(
-            total=trainer.max_steps, initial=trainer.global_step, unit="step", dynamic_ncols=True, file=sys.stderr,
-            mininterval=self.refresh_s, disable=os.environ.get("MIXERLAB_PROGRESS", "1") == "0",
+            total=trainer.max_steps,
+            initial=trainer.global_step,
+            unit="step",
+            dynamic_ncols=True,
+            file=sys.stderr,
+            mininterval=self.refresh_s,
+            disable=os.environ.get("MIXERLAB_PROGRESS", "1") == "0",
         )
 
     def on_train_batch_end(self, trainer, pl_module, *args) -> None:
@@ -182,3 +192,88 @@ class Progress(pl.Callback):
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self.on_train_end(trainer, pl_module)
+
+
+class Probes(pl.Callback):
+    """Probe scalars (`eval.probes`) logged to TensorBoard under ``probe/<metric>/layer<i>`` every
+    ``every_n_steps`` optimizer steps (and before the first), on a fixed probe batch: the first
+    ``batch`` validation examples (MQAR: with their query labels), cut to ``seq_len`` tokens when set.
+    ``probes``: a list among sink, entropy, massive, rank, retrieval, induction (default the first
+    four; ablation is left to the evaluator: one forward per head). Per layer it logs the mean over heads and, for
+    sink_ratio, retrieval and induction, the max. Runs on global rank 0 only, in eval mode, without
+    gradients; training resumes in train mode."""
+
+    LOGGED = ("sink", "entropy", "massive", "rank", "retrieval", "induction")
+
+    def __init__(
+        self,
+        every_n_steps: int = 100,
+        probes: list[str] | None = None,
+        batch: int = 4,
+        seq_len: int | None = None,
+        min_pos: int = 128,
+    ):
+        chosen = ["sink", "entropy", "massive", "rank"] if probes is None else list(probes)
+        bad = sorted(set(chosen) - set(self.LOGGED))
+        if bad or not chosen:
+            raise ConfigError(f"callbacks.probes.probes={probes!r}: choose a list among {', '.join(self.LOGGED)} (got {bad or 'none'}).")
+        if every_n_steps < 1 or batch < 1 or min_pos < 1 or (seq_len is not None and seq_len < 8):
+            raise ConfigError("callbacks.probes: every_n_steps, batch and min_pos must be >= 1 and seq_len >= 8 or null.")
+        self.every_n_steps, self.probes, self.batch, self.seq_len, self.min_pos = every_n_steps, chosen, batch, seq_len, min_pos
+        self._ids = self._labels = None
+        self._last_step: int | None = None
+        self.seconds = 0.0  # time spent probing, for the overhead measurement
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        loader = trainer.datamodule.val_dataloader() if trainer.datamodule is not None else trainer.val_dataloaders
+        loader = loader[0] if isinstance(loader, (list, tuple)) else loader
+        rows = []
+        for b in loader:
+            rows.append(b)
+            if sum(r["input_ids"].shape[0] for r in rows) >= self.batch:
+                break
+        ids = torch.cat([r["input_ids"] for r in rows])[: self.batch]
+        labels = torch.cat([r["labels"] for r in rows])[: self.batch] if "labels" in rows[0] else None
+        if labels is not None and not (labels == -100).any():
+            labels = None  # next-token labels of text: the probes make their own
+        if self.seq_len is not None:
+            ids = ids[:, : self.seq_len]
+            labels = None if labels is None else labels[:, : self.seq_len]
+        self._ids, self._labels = ids.to(pl_module.device), None if labels is None else labels.to(pl_module.device)
+        self._probe(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        if trainer.global_step % self.every_n_steps == 0:
+            self._probe(trainer, pl_module)
+
+    def _probe(self, trainer, pl_module) -> None:
+        from arch.probe import probe_model
+
+        step = trainer.global_step
+        if not trainer.is_global_zero or self._ids is None or step == self._last_step:
+            return
+        self._last_step = step
+        start = time.perf_counter()
+        model = pl_module.model
+        was_training = model.training
+        try:
+            result = probe_model(model, self._ids, self._labels, self.probes, min_pos=self.min_pos)
+        finally:
+            model.train(was_training)
+        scalars = {}
+        for i, row in result["layers"].items():
+            for key, values in row.items():
+                if isinstance(values, list) and values:
+                    scalars[f"probe/{key}/layer{i}"] = sum(values) / len(values)
+                    if key in ("sink_ratio", "retrieval", "induction"):
+                        scalars[f"probe/{key}_max/layer{i}"] = max(values)
+                elif isinstance(values, dict) and "top" in values:
+                    scalars[f"probe/{key}_ratio/layer{i}"] = values["top"][0]["ratio"]
+        for i, m in result.get("massive", {}).items():
+            scalars[f"probe/massive_ratio/layer{i}"] = m["top"][0]["ratio"]
+        for i, r in result.get("effective_rank", {}).items():
+            scalars[f"probe/effective_rank/layer{i}"] = r
+        logger = trainer.logger
+        if logger is not None:
+            logger.log_metrics(scalars, step=step)
+        self.seconds += time.perf_counter() - start

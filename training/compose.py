@@ -59,6 +59,7 @@ CALLBACKS = {
     "progress": callbacks.Progress,
     "stop_at_accuracy": callbacks.StopAtAccuracy,
     "stop_after_steps": callbacks.StopAfterSteps,
+    "probes": callbacks.Probes,
 }
 
 

@@ -60,6 +60,16 @@ window: each token attends to itself and the ``window - 1`` previous tokens (Non
 The decode state is the K/V cache, truncated to the window; with kv_shift also the previous token's
 unshifted k and v, with forget_gate the cumulative log forget gate of every cached token and of the
 current position.
+
+The probe contract (`arch.probe`): G = the query heads (n_heads); v [B, T, n_heads, maps * head_dim] the
+values each query head reads (K/V heads repeated for GQA, after kv_shift); A [B, n_heads, T, T] the
+weights the block's own path applies to v: the softmax probabilities with the causal/window mask and
+the forget-gate bias (a learnable sink's zero value takes the rest of each row, which then sums to
+< 1), sigmoid's weights, differential's p1 - lambda p2, and the CoPE / selective / MTA paths' own
+probabilities. pre_projection is o [B, T, n_heads, maps * head_dim] before differential's head norm,
+the output gate and the output projection; the head mask scales o's heads in forward and step (with
+score: differential, after the head norm, which would undo any scaling of o).
+`queries_keys` gives the q and k that enter the scores.
 """
 
 from __future__ import annotations
@@ -73,7 +83,19 @@ from torch import nn
 
 from arch.blocks.init import no_weight_decay
 from arch.ops import causal_attention, causal_conv1d, rotary_embedding
-from arch.ops.attention import cope_attention, explicit_scores, mta_attention, selection_scores, selective_attention, sigmoid_attention
+from arch.ops.attention import (
+    apply_weights,
+    cope_weights,
+    explicit_scores,
+    mta_attention,
+    mta_weights,
+    per_query_head,
+    selection_scores,
+    selective_weights,
+    sigmoid_weights,
+    softmax_weights,
+)
+from arch.probe import apply_head_mask
 
 
 class Attention(nn.Module):
@@ -191,6 +213,7 @@ class Attention(nn.Module):
             if p is not None:
                 no_weight_decay(p)  # convolution and mixing weights around the identity
         self.cope_table = nn.Parameter(torch.zeros(self.head_dim, cope_positions)) if position == "cope" else None
+        self.head_mask: torch.Tensor | None = None  # [n_heads] (arch.probe)
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -282,28 +305,53 @@ class Attention(nn.Module):
         lq1, lk1, lq2, lk2 = self.lambdas.float()
         return torch.exp((lq1 * lk1).sum()) - torch.exp((lq2 * lk2).sum()) + self.lambda_init
 
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def _explicit_path(self) -> bool:
+        """Whether the block's own path is explicit [T, T] weights (else SDPA / flash-attn)."""
+        mta = self.mta_kernel is not None or self.mta_head_mix is not None
+        return self.selective or mta or self.cope_table is not None or self.score == "sigmoid"
+
+    def _with_sink(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None):
+        """sink: learnable as a zero key and value in front whose logit is the sink: k, v with 1 + Tk
+        positions and the logit bias [B, H, Tq, 1 + Tk]."""
+        zero = k.new_zeros(k.shape[0], 1, *k.shape[2:])
+        k, v = torch.cat([zero, k], 1), torch.cat([zero, v], 1)
+        column = torch.zeros(*q.shape[:1], self.n_heads, q.shape[1], k.shape[1], dtype=q.dtype, device=q.device)
+        column[..., 0] = self.sink.to(q.dtype)[:, None]
+        return k, v, column if bias is None else column + F.pad(bias, (1, 0))
+
+    def _weights(self, q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """The weights A [B, H, Tq, Tk] the block applies to its per-query-head values (the queries are
+        the last Tq positions of the keys): the explicit paths' own, and the SDPA paths' written out."""
         if self.selective:
-            return selective_attention(q, k, v, budget=self.selective_budget)
+            return selective_weights(q, k, budget=self.selective_budget)
         if self.mta_kernel is not None or self.mta_head_mix is not None:
-            return mta_attention(q, k, v, self.mta_kernel, self.mta_head_mix)
+            return mta_weights(q, k, self.mta_kernel, self.mta_head_mix)
+        if self.maps == 2:  # heads ordered [head, map]
+            q1, q2 = q.unflatten(2, (self.n_heads, 2)).unbind(3)
+            k1, k2 = k.unflatten(2, (self.n_kv_heads, 2)).unbind(3)
+            p1, p2 = softmax_weights(q1, k1, window=self.window), softmax_weights(q2, k2, window=self.window)
+            return p1 - self.lambda_().to(p1.dtype) * p2
+        if self.cope_table is not None:
+            return cope_weights(q, k, self.cope_table)
+        if self.score == "sigmoid":
+            return sigmoid_weights(q, k, bias=self.sigmoid_bias, window=self.window)
+        if self.sink is not None:  # the sink's column dropped: its value is zero
+            k, _, bias = self._with_sink(q, k, k, bias)
+            return softmax_weights(q, k, bias=bias)[..., 1:]
+        return softmax_weights(q, k, window=self.window, bias=bias)
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """o [B, Tq, H, maps * head_dim], the block's own path: explicit weights, or SDPA / flash-attn."""
+        if self._explicit_path():
+            return apply_weights(self._weights(q, k, bias), v)
         if self.maps == 2:  # heads ordered [head, map]
             q1, q2 = q.unflatten(2, (self.n_heads, 2)).unbind(3)
             k1, k2 = k.unflatten(2, (self.n_kv_heads, 2)).unbind(3)
             o1 = causal_attention(q1, k1, v, window=self.window, backend="torch")
             o2 = causal_attention(q2, k2, v, window=self.window, backend="torch")
-            o = o1 - self.lambda_().to(o1.dtype) * o2
-            return self.diff_norm(o) * (1 - self.lambda_init)
-        if self.cope_table is not None:
-            return cope_attention(q, k, v, self.cope_table)
-        if self.score == "sigmoid":
-            return sigmoid_attention(q, k, v, bias=self.sigmoid_bias, window=self.window)
-        if self.sink is not None:  # a zero key and value in front, its logit the sink
-            zero = k.new_zeros(k.shape[0], 1, *k.shape[2:])
-            k, v = torch.cat([zero, k], 1), torch.cat([zero, v], 1)
-            column = torch.zeros(*q.shape[:1], self.n_heads, q.shape[1], k.shape[1], dtype=q.dtype, device=q.device)
-            column[..., 0] = self.sink.to(q.dtype)[:, None]
-            bias = column if bias is None else column + F.pad(bias, (1, 0))
+            return o1 - self.lambda_().to(o1.dtype) * o2
+        if self.sink is not None:
+            k, v, bias = self._with_sink(q, k, v, bias)
         return causal_attention(q, k, v, window=self.window, bias=bias, backend=self.backend)
 
     def _log_forget(self, x: torch.Tensor) -> torch.Tensor:
@@ -315,7 +363,17 @@ class Attention(nn.Module):
             o = o * torch.sigmoid(self.g_proj(x))
         return self.out_proj(o)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _post(self, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+        """y from o [B, T, H, maps * head_dim]: differential's per-head norm, the head mask (after that
+        norm, which would undo any scaling of a head), then `_output`."""
+        if self.maps == 2:
+            o = self.diff_norm(o) * (1 - self.lambda_init)
+        return self._output(x, apply_head_mask(o, self.head_mask))
+
+    def _inputs(self, x: torch.Tensor):
+        """What the scores of a whole sequence read: q [B, T, n_heads * maps, head_dim], k [B, T,
+        n_kv_heads * maps, head_dim] (heads ordered [head, map]), v [B, T, n_kv_heads, maps * head_dim]
+        and the forget gate's logit bias [B, H, T, T] (else None)."""
         positions = range(x.shape[1])
         q, k, v, _ = self._project(x)
         if self.kv_shift is not None:
@@ -326,7 +384,26 @@ class Attention(nn.Module):
         if self.forget_proj is not None:
             cum = self._log_forget(x).cumsum(1).transpose(1, 2)  # [B, H, T]: F_t
             bias = cum[..., :, None] - cum[..., None, :]  # F_t - F_s = sum_{l=s+1..t} log f_l
-        return self._output(x, self._attend(q, k, v, bias))
+        return q, k, v, bias
+
+    def queries_keys(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The q [B, T, n_heads * maps, head_dim] and k [B, T, n_kv_heads * maps, head_dim] that enter the
+        scores (after qkv_conv, kv_shift, QK-norm, RoPE and the temperature; before the 1 / sqrt(head_dim)
+        scale; K heads not repeated for GQA; differential's heads ordered [head, map])."""
+        q, k, _, _ = self._inputs(x)
+        return q, k
+
+    def pre_projection(self, x: torch.Tensor) -> torch.Tensor:
+        """o [B, T, n_heads, maps * head_dim] (module docstring), by the block's own (fast) path."""
+        return self._attend(*self._inputs(x))
+
+    def attention_matrix(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A [B, n_heads, T, T] and v [B, T, n_heads, maps * head_dim] (module docstring), explicit."""
+        q, k, v, bias = self._inputs(x)
+        return self._weights(q, k, bias), per_query_head(v, self.n_heads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._post(x, self.pre_projection(x))
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> dict:
         state = {
@@ -371,13 +448,13 @@ class Attention(nn.Module):
         if self.window is not None:
             k, v = k[:, -self.window :], v[:, -self.window :]
         if self.selective:
-            return self._output(x, self._selective_step(q, k, v, state, new)), new
+            return self._post(x, self._selective_step(q, k, v, state, new)), new
         new["k"], new["v"] = k, v
         if "past_q" in state:  # multi-token attention reads the previous queries' scores
             o = mta_attention(q, k, v, self.mta_kernel, self.mta_head_mix, past_q=state["past_q"])
             new["past_q"] = torch.cat([state["past_q"], q], 1)[:, 1:]
-            return self._output(x, o), new
-        return self._output(x, self._attend(q, k, v, bias)), new
+            return self._post(x, o), new
+        return self._post(x, self._attend(q, k, v, bias)), new
 
     def _selective_step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: dict, new: dict) -> torch.Tensor:
         """One query against the cache, its logits lowered by the mask the earlier queries accumulated;

@@ -13,6 +13,11 @@ expand_v * d_model, split over heads):
 The paper's defaults: expand_k 0.5, expand_v 1, 4 heads, low-rank 16. The parallel form is the
 chunked `arch.ops.gla.gated_linear_attention`; `step` is the recurrence itself (`arch.ops.gla.gla_step`).
 Decode state: S [B, H, Dk, Dv].
+
+Probe contract (`arch.probe`): G = the heads, v = W_v x per head [B, T, H, Dv], and the implicit attention
+A[t, s] = sum_d q_td k_sd exp(G_td - G_sd) / sqrt(Dk) for s <= t (G_t = sum_{r<=t} g_r, the cumulative
+log-decay; `arch.ops.implicit.decayed_dot_product`). pre_projection is o above, before the group norm;
+the head mask scales each head after the group norm (a per-head norm would undo any scaling of o).
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from arch.ops import gated_linear_attention, gla_step
+from arch.ops.implicit import decayed_dot_product
+from arch.probe import apply_head_mask
 
 
 class GLA(nn.Module):
@@ -59,27 +66,50 @@ class GLA(nn.Module):
         self.g_proj = nn.Linear(d_model, self.value_dim, bias=False)
         self.group_norm = nn.GroupNorm(n_heads, self.value_dim, eps=norm_eps)
         self.out_proj = nn.Linear(self.value_dim, d_model, bias=False)
+        self.head_mask: torch.Tensor | None = None  # [n_heads] (arch.probe)
 
     def log_decay(self, x: torch.Tensor) -> torch.Tensor:
         """g = logsigmoid(W_2 W_1 x + b) / gate_logit_normalizer, [B, T, H, Dk] (all <= 0)."""
         g = F.logsigmoid(self.gk_proj(x)) / self.gate_logit_normalizer
         return g.unflatten(-1, (self.n_heads, self.head_k))
 
-    def _mix(self, x: torch.Tensor, state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        batch, length, _ = x.shape
+    def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k [B, T, H, Dk], v [B, T, H, Dv] and the log-decay g [B, T, H, Dk]."""
         q = self.q_proj(x).unflatten(-1, (self.n_heads, self.head_k))
         k = self.k_proj(x).unflatten(-1, (self.n_heads, self.head_k))
         v = self.v_proj(x).unflatten(-1, (self.n_heads, self.head_v))
-        g = self.log_decay(x)
+        return q, k, v, self.log_decay(x)
+
+    def _heads(self, x: torch.Tensor, state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """o [B, T, H, Dv] before the group norm (chunked, or the recurrence for one decode token), and the state."""
+        q, k, v, g = self._project(x)
         scale = self.head_k**-0.5
-        if state is None or length > 1:
-            o, state = gated_linear_attention(
+        if state is None or x.shape[1] > 1:
+            return gated_linear_attention(
                 q, k, v, g, scale=scale, initial_state=state, chunk_size=self.chunk_size, backend=self.backend
             )
-        else:
-            o, state = gla_step(q, k, v, g, state, scale)
-        o = self.group_norm(o.reshape(batch * length, self.value_dim)).view(batch, length, self.value_dim)
-        return self.out_proj(o * F.silu(self.g_proj(x))), state
+        return gla_step(q, k, v, g, state, scale)
+
+    def _post(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """out_proj(head mask * GroupNorm(o) * silu(W_r x)): o [B, T, H, Dv] -> [B, T, d_model]."""
+        batch, length, _ = x.shape
+        # the mask after the per-head norm: a head's norm would undo any scaling of its o
+        o = self.group_norm(o.reshape(batch * length, self.value_dim)).view(o.shape)
+        o = apply_head_mask(o, self.head_mask).flatten(2)
+        return self.out_proj(o * F.silu(self.g_proj(x)))
+
+    def _mix(self, x: torch.Tensor, state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        o, state = self._heads(x, state)
+        return self._post(o, x), state
+
+    def pre_projection(self, x: torch.Tensor) -> torch.Tensor:
+        """o [B, T, H, Dv] of the chunked op, before the group norm (probe contract)."""
+        return self._heads(x, None)[0]
+
+    def attention_matrix(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A [B, H, T, T] = sum_d q_td k_sd exp(G_td - G_sd) / sqrt(Dk) (s <= t) and v [B, T, H, Dv] (probe contract)."""
+        q, k, v, g = self._project(x)
+        return decayed_dot_product(q, k, g, scale=self.head_k**-0.5), v
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._mix(x, None)[0]

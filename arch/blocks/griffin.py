@@ -13,6 +13,10 @@ At the first position of a sequence (recurrentgemma's segment_pos == 0) the recu
 a_0 = 0 and the multiplier is 1, so h_0 = i_0 * x_0 whatever came before; in the forward pass
 without a state and in the first ``step`` of a decode (state h None: no history yet).
 
+Probe contract (`arch.probe`): G = the d_rnn channels of the recurrence, Dv = 1, v = the conv output x
+entering the RG-LRU, A[c, t, s] = (prod_{l=s+1..t} a_{l,c}) sqrt(1 - a_{s,c}^2) i_{s,c} for s <= t (the
+multiplier 1 at s = 0, the reset), so that o = h = sum_s A[t, s] x_s, before the GELU branch and out_proj.
+
 Initialisation (google-deepmind/recurrentgemma `recurrentgemma/torch/layers.py`): the base decay
 a = exp(-softplus(Lambda)) uniform in a^2 in [min_rad^2, max_rad^2] ([0.9, 0.999] in a), so
 a_t = a^(c r_t); the gates' block-diagonal weights N(0, 1 / head_dim), biases 0; the depthwise conv
@@ -29,6 +33,9 @@ from torch import nn
 
 from arch.blocks.init import init_depthwise_conv_normal_, inverse_softplus, no_weight_decay
 from arch.ops import causal_conv1d, diagonal_recurrence
+from arch.ops.backend import accumulation_dtype
+from arch.ops.implicit import segment_sum
+from arch.probe import apply_head_mask
 
 
 class _SqrtBoundedDerivative(torch.autograd.Function):
@@ -53,7 +60,11 @@ def sqrt_bounded_derivative(x: torch.Tensor, max_grad: float = 1000.0) -> torch.
 
 class RGLRUBlock(nn.Module):
     """Griffin's recurrent block (module docstring). d_rnn defaults to d_model (RecurrentGemma's
-    lru_width); the gates are block-diagonal with ``n_heads`` blocks of d_rnn / n_heads."""
+    lru_width); the gates are block-diagonal with ``n_heads`` blocks of d_rnn / n_heads.
+
+    Probe (`arch.probe`): G = d_rnn channels, v = the conv output entering the RG-LRU, Dv = 1,
+    A[t, s] = (prod_{l=s+1..t} a_l) sqrt(1 - a_s^2) i_s (multiplier 1 at s = 0); o = h before the GELU branch.
+    """
 
     def __init__(
         self,
@@ -85,6 +96,7 @@ class RGLRUBlock(nn.Module):
         self.gate_bias = nn.Parameter(torch.empty(2, n_heads, self.head_dim))
         self.Lambda = nn.Parameter(torch.empty(self.d_rnn))
         self.out_proj = nn.Linear(self.d_rnn, d_model)
+        self.head_mask: torch.Tensor | None = None  # [d_rnn], `arch.probe`
         no_weight_decay(self.conv_weight, self.conv_bias, self.gate_bias, self.Lambda)
         self.init_weights()
 
@@ -101,27 +113,50 @@ class RGLRUBlock(nn.Module):
         """a = exp(-softplus(Lambda)) [d_rnn]: the decay at recurrence gate r_t = 1/c."""
         return torch.exp(-F.softplus(self.Lambda))
 
-    def _rg_lru(self, x: torch.Tensor, h0: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """RG-LRU over x [B, T, d_rnn] from h0 [B, d_rnn]; h0 None: x starts the sequence (reset at t = 0)."""
+    def _gates(self, x: torch.Tensor, reset: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """log a_t and the input's coefficient sqrt(1 - a_t^2) i_t, [B, T, d_rnn], from x [B, T, d_rnn];
+        reset: x starts the sequence (multiplier 1 at t = 0)."""
         xh = x.unflatten(-1, (self.n_heads, self.head_dim))
         gate_logits = torch.einsum("bthi,ghij->gbthj", xh, self.gate_weight) + self.gate_bias[:, None, None]
         gate_x, gate_a = torch.sigmoid(gate_logits).flatten(-2).unbind(0)
         log_a = -self.c * gate_a * F.softplus(self.Lambda)
         multiplier = sqrt_bounded_derivative(-torch.expm1(2 * log_a), self.max_sqrt_grad)  # sqrt(1 - a^2)
-        if h0 is None:  # segment_pos == 0: a_0 = 0 (nothing to carry) and multiplier 1
+        if reset:  # segment_pos == 0: a_0 = 0 (nothing to carry) and multiplier 1
             multiplier = torch.cat([torch.ones_like(multiplier[:, :1]), multiplier[:, 1:]], dim=1)
-        return diagonal_recurrence(log_a, multiplier * gate_x * x, initial_state=h0)
+        return log_a, multiplier * gate_x
 
-    def _mix(self, x: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict]:
-        u, conv_state = causal_conv1d(
+    def _rg_lru(self, x: torch.Tensor, h0: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """RG-LRU over x [B, T, d_rnn] from h0 [B, d_rnn]; h0 None: x starts the sequence (reset at t = 0)."""
+        log_a, coefficient = self._gates(x, reset=h0 is None)
+        return diagonal_recurrence(log_a, coefficient * x, initial_state=h0)
+
+    def _conv(self, x: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, torch.Tensor]:
+        return causal_conv1d(
             self.x_proj(x), self.conv_weight, self.conv_bias,
             initial_state=None if state is None else state["conv"], backend=self.backend,
         )
+
+    def _mix(self, x: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict]:
+        u, conv_state = self._conv(x, state)
         h, rnn_state = self._rg_lru(u, None if state is None else state["h"])
+        h = apply_head_mask(h.unsqueeze(-1), self.head_mask).squeeze(-1)
         return self.out_proj(F.gelu(self.y_proj(x)) * h), {"conv": conv_state, "h": rnn_state}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._mix(x, None)[0]
+
+    def pre_projection(self, x: torch.Tensor) -> torch.Tensor:
+        """o = h [B, T, d_rnn, 1]: the RG-LRU's output, before the GELU branch and out_proj."""
+        return self._rg_lru(self._conv(x, None)[0], None)[0].unsqueeze(-1)
+
+    def attention_matrix(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A [B, d_rnn, T, T], v = the conv output [B, T, d_rnn, 1]), materialised (probing only):
+        A[c, t, s] = exp(sum_{l=s+1..t} log a_{l,c}) sqrt(1 - a_{s,c}^2) i_{s,c}, the multiplier 1 at s = 0."""
+        u = self._conv(x, None)[0]
+        log_a, coefficient = self._gates(u, reset=True)
+        acc = accumulation_dtype(u)
+        a = torch.exp(segment_sum(log_a.to(acc).transpose(1, 2))) * coefficient.to(acc).transpose(1, 2).unsqueeze(-2)
+        return a, u.unsqueeze(-1)
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> dict:
         return {

@@ -10,6 +10,14 @@ as in the authors' code (HazyResearch/H3 src/models/ssm/{h3,ss_kernel,ss_kernel_
     y_t = 2 Re(sum_n C_n s_{t,n}) + D ⊙ u_t
     o_t = q_t y_t per head  -> out_proj
 
+Probe contract (`arch.probe`): G = the H heads (the d_model channels at the default P = 1), Dv = P,
+v = W_v x per head [B, T, H, P], and A[h, t, s] = (q_t . k~_s)_h (K_h[t - s] + D_h [t = s]) for s <= t,
+K_h[l] = 2 Re sum_n C_n B̄_n Ā_n^l the diagonal SSM's kernel: the exact linear map o_t = sum_s A[t, s] v_s
+the block computes from the values (o: the q-multiplied output, before out_proj). The map from u = k~ v^T
+through the SSM alone (before q) would be the fixed Toeplitz K + D, the same for every input, over H P^2
+channels; with q and k~ in it A is H3's data-dependent attention, a linear attention q k~^T weighted by the
+SSM's kernel, and it stays exact per head for any P (the sum over q's P entries is inside the head).
+
 The diagonal SSM is S4D-Lin with the bilinear discretisation, per head h and mode n = 0..N/2-1
 (its parameters are shared by the P x P channels of a head, as the reference's kernel is):
 
@@ -49,12 +57,17 @@ from torch import nn
 from arch.blocks.init import no_weight_decay
 from arch.ops import causal_conv1d, diagonal_recurrence
 from arch.ops.backend import accumulation_dtype
+from arch.probe import apply_head_mask
 
 
 class H3(nn.Module):
     """H3 mixer (module docstring). ``head_dim`` 1 is the paper's default (channels are elementwise);
     ``d_state`` N is the diagonal SSM's real state size (N/2 complex modes) and, unless ``shift_len``
-    says otherwise, the shift SSM's number of taps, as in the reference."""
+    says otherwise, the shift SSM's number of taps, as in the reference.
+
+    Probe (`arch.probe`): G = heads (channels at head_dim 1), v = W_v x [B, T, H, P], A[t, s] =
+    (q_t . k~_s) (K[t - s] + D [t = s]) with K the diagonal SSM's kernel; o = q y per head, before out_proj.
+    """
 
     def __init__(
         self,
@@ -87,6 +100,7 @@ class H3(nn.Module):
         self.C = nn.Parameter(torch.empty(self.n_heads, self.modes, 2))
         self.D = nn.Parameter(torch.empty(self.n_heads))
         self.out_proj = nn.Linear(d_model, d_model)
+        self.head_mask: torch.Tensor | None = None  # [n_heads], `arch.probe`
         no_weight_decay(self.shift_B, self.log_dt, self.log_A_real, self.A_imag, self.B)
         self.init_weights()
 
@@ -137,21 +151,60 @@ class H3(nn.Module):
         s_last = torch.view_as_complex(g_last.contiguous()) * rotation[-1][:, None]
         return y, torch.view_as_real(s_last).to(acc)
 
-    def _mix(self, x: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict]:
+    def _qkv(self, x: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k~ (after the shift SSM), v [B, T, H, P] and the new shift state."""
         q, k, v = self.qkv_proj(x).chunk(3, dim=-1)
         k, shift_state = causal_conv1d(
             k, self.shift_kernel(), initial_state=None if state is None else state["shift"], backend=self.backend
         )
         heads = (self.n_heads, self.head_dim)
         q, k, v = (t.unflatten(-1, heads) for t in (q, k, v))
+        return q, k, v, shift_state
+
+    def _pre_projection(self, x: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict]:
+        """o = q_t y_t per head [B, T, H, P] (before out_proj) and the new state."""
+        q, k, v, shift_state = self._qkv(x, state)
         u = (k.unsqueeze(-1) * v.unsqueeze(-2)).flatten(-2)  # [B, T, H, P P]
         y, ssm_state = self._diagonal_ssm(u, None if state is None else state["ssm"])
         y = (y + self.D.to(y.dtype)[:, None] * u).to(x.dtype)
-        o = (q.unsqueeze(-2) @ y.unflatten(-1, (self.head_dim, self.head_dim))).flatten(2)
-        return self.out_proj(o), {"shift": shift_state, "ssm": ssm_state}
+        o = (q.unsqueeze(-2) @ y.unflatten(-1, (self.head_dim, self.head_dim))).squeeze(-2)
+        return o, {"shift": shift_state, "ssm": ssm_state}
+
+    def _mix(self, x: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict]:
+        o, new_state = self._pre_projection(x, state)
+        return self.out_proj(apply_head_mask(o, self.head_mask).flatten(2)), new_state
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._mix(x, None)[0]
+
+    def pre_projection(self, x: torch.Tensor) -> torch.Tensor:
+        """o [B, T, H, P]: q_t times the diagonal SSM's output per head, before out_proj."""
+        return self._pre_projection(x, None)[0]
+
+    def ssm_kernel(self, length: int) -> torch.Tensor:
+        """K[h, l] = 2 Re sum_n C_n B̄_n Ā_n^l, l = 0..length-1 [H, length]: the diagonal SSM's impulse
+        response (without D), in the accumulation dtype, the phases lθ reduced mod 2π in float64."""
+        acc = accumulation_dtype(self.C)
+        A_bar, B_bar = self.discretize()
+        log_r, theta = torch.log(A_bar).real, torch.angle(A_bar)
+        lags = torch.arange(length, dtype=torch.float64, device=self.C.device)
+        phase = torch.remainder(theta.double()[..., None] * lags, 2 * math.pi).to(theta.dtype)  # [H, N/2, T]
+        powers = torch.polar(torch.exp(log_r[..., None] * lags.to(log_r.dtype)), phase)  # Ā^l
+        C_B = torch.view_as_complex(self.C) * B_bar
+        return (2 * (C_B[..., None] * powers).sum(-2).real).to(acc)
+
+    def attention_matrix(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A [B, H, T, T], v [B, T, H, P]), materialised (probing only):
+        A[h, t, s] = (q_t . k~_s)_h (K_h[t - s] + D_h [t = s]) for s <= t (module docstring)."""
+        q, k, v, _ = self._qkv(x, None)
+        length = x.shape[1]
+        acc = accumulation_dtype(x, self.C)
+        lag = torch.arange(length, device=x.device)
+        lag = lag[:, None] - lag  # t - s
+        kernel = self.ssm_kernel(length).to(acc)[:, lag.clamp(min=0)] + torch.diag_embed(self.D.to(acc)[:, None].expand(-1, length))
+        kernel = kernel.masked_fill(lag < 0, 0)  # [H, T, T]
+        scores = torch.einsum("bthi,bshi->bhts", q.to(acc), k.to(acc))
+        return scores * kernel, v
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> dict:
         acc = accumulation_dtype(torch.empty(0, dtype=dtype))

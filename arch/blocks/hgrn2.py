@@ -23,6 +23,13 @@ layers' rows do in fla. Layer 0 never applies its bound (fla: ``layer_idx > 0``)
 own (no ``shared``) fixes its bound at the initial value layer_idx / n_layers (0 when the depth is
 unknown); ``lower_bound`` set to a number fixes the bound of every layer and builds no table. The table
 has no weight decay. Runs on `gated_linear_attention` with log_decay = log f. Decode state: S [B, H, Dk, Dv].
+
+Probe contract (`arch.probe`): G = the heads, v = W_i x per head [B, T, H, Dv], and the implicit attention
+GLA's with the forget gate f and the input gate 1 - f as the key:
+A[t, s] = sum_d q_td (1 - f_sd) exp(F_td - F_sd) / sqrt(Dk) for s <= t, F_t = sum_{r<=t} log f_r
+(`arch.ops.implicit.decayed_dot_product`). pre_projection is o above, before the RMSNorm; the head mask
+scales o's heads before the RMSNorm (which normalises over all heads together). Both probe methods take
+``shared`` as forward does: a later layer with learned bounds needs it to see the bounds its forward uses.
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ from torch import nn
 
 from arch.blocks.init import no_weight_decay
 from arch.ops import gated_linear_attention, gla_step
+from arch.ops.implicit import decayed_dot_product
+from arch.probe import apply_head_mask
 
 
 def lower_bounds(logits: torch.Tensor) -> torch.Tensor:
@@ -81,6 +90,7 @@ class HGRN2(nn.Module):
         self.g_proj = nn.Linear(d_model, self.value_dim, bias=False) if output_gate else None
         self.norm = nn.RMSNorm(self.value_dim, eps=norm_eps)
         self.out_proj = nn.Linear(self.value_dim, d_model, bias=False)
+        self.head_mask: torch.Tensor | None = None  # [n_heads] (arch.probe)
         if self.lower_bound_logits is not None:
             no_weight_decay(self.lower_bound_logits)
 
@@ -113,22 +123,43 @@ class HGRN2(nn.Module):
         log_f = torch.logaddexp(beta.log(), torch.log1p(-beta) + F.logsigmoid(logits))
         return log_f, (1 - beta) * torch.sigmoid(-logits)
 
-    def _mix(self, x: torch.Tensor, state: torch.Tensor | None, shared: dict | None) -> tuple[torch.Tensor, torch.Tensor]:
-        batch, length, _ = x.shape
+    def _project(self, x: torch.Tensor, shared: dict | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q = swish(W_q x), k = 1 - f [B, T, H, Dk], v = W_i x [B, T, H, Dv] and log f [B, T, H, Dk]."""
         q = F.silu(self.q_proj(x)).unflatten(-1, (self.n_heads, self.head_k))
         v = self.i_proj(x).unflatten(-1, (self.n_heads, self.head_v))
         log_f, k = self.gates(x, self.bound(shared))
+        return q, k, v, log_f
+
+    def _heads(self, x: torch.Tensor, state: torch.Tensor | None, shared: dict | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """o [B, T, H, Dv] before the norm (chunked, or the recurrence for one decode token), and the state."""
+        q, k, v, log_f = self._project(x, shared)
         scale = self.head_k**-0.5
-        if state is None or length > 1:
-            o, state = gated_linear_attention(
+        if state is None or x.shape[1] > 1:
+            return gated_linear_attention(
                 q, k, v, log_f, scale=scale, initial_state=state, chunk_size=self.chunk_size, backend=self.backend
             )
-        else:
-            o, state = gla_step(q, k, v, log_f, state, scale)
-        o = self.norm(o.reshape(batch, length, self.value_dim))
+        return gla_step(q, k, v, log_f, state, scale)
+
+    def _post(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """out_proj(RMSNorm(o, head mask applied) [* silu(W_g x)]): o [B, T, H, Dv] -> [B, T, d_model]."""
+        batch, length, _ = x.shape
+        o = self.norm(apply_head_mask(o, self.head_mask).reshape(batch, length, self.value_dim))
         if self.g_proj is not None:
             o = o * F.silu(self.g_proj(x))
-        return self.out_proj(o), state
+        return self.out_proj(o)
+
+    def _mix(self, x: torch.Tensor, state: torch.Tensor | None, shared: dict | None) -> tuple[torch.Tensor, torch.Tensor]:
+        o, state = self._heads(x, state, shared)
+        return self._post(o, x), state
+
+    def pre_projection(self, x: torch.Tensor, shared: dict | None = None) -> torch.Tensor:
+        """o [B, T, H, Dv] of the chunked op, before the norm (probe contract)."""
+        return self._heads(x, None, shared)[0]
+
+    def attention_matrix(self, x: torch.Tensor, shared: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A [B, H, T, T] = sum_d q_td (1 - f_sd) exp(F_td - F_sd) / sqrt(Dk) (s <= t) and v [B, T, H, Dv] (probe contract)."""
+        q, k, v, log_f = self._project(x, shared)
+        return decayed_dot_product(q, k, log_f, scale=self.head_k**-0.5), v
 
     def forward(self, x: torch.Tensor, shared: dict | None = None) -> torch.Tensor:
         return self._mix(x, None, shared)[0]

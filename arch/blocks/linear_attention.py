@@ -17,6 +17,12 @@ Per head, with feature map phi on projections q, k in R^{feature_dim} and values
 Based's layer: feature_dim 16, 16 heads, value head dim d_model / n_heads, normalised. Runs on
 `arch.ops.linear_attention.linear_attention` (the chunked GLA op with no decay, normaliser carried as
 an extra value column). Decode state: (S, z) packed [B, H, F, Dv + 1], F the feature size.
+
+Probe contract (`arch.probe`): G = the heads, v = W_v x per head [B, T, H, Dv], and the implicit attention
+A[t, s] = phi(q_t) . phi(k_s) / (sum_{s'<=t} phi(q_t) . phi(k_s') + eps) for s <= t (the normaliser
+phi(q_t) . z_t + eps folded into A's rows; without the division when ``normalize=False``). Based's
+Taylor map gives phi(q).phi(k) = 1 + q.k/sqrt(d) + (q.k)^2/(2d). pre_projection is o above, before
+out_proj; the head mask scales o's heads before out_proj.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from arch.ops import gla_step, linear_attention, taylor_feature_map
+from arch.ops.implicit import decayed_dot_product, row_normalised
+from arch.probe import apply_head_mask
 
 FEATURE_MAPS = {
     "taylor": taylor_feature_map,
@@ -72,23 +80,46 @@ class LinearAttention(nn.Module):
         self.k_proj = nn.Linear(d_model, n_heads * feature_dim, bias=False)
         self.v_proj = nn.Linear(d_model, n_heads * self.head_dim, bias=False)
         self.out_proj = nn.Linear(n_heads * self.head_dim, d_model, bias=False)
+        self.head_mask: torch.Tensor | None = None  # [n_heads] (arch.probe)
 
     def features(self, x: torch.Tensor, proj: nn.Linear) -> torch.Tensor:
         """phi(proj(x)) per head: [B, T, H, F]."""
         return FEATURE_MAPS[self.feature_map](proj(x).unflatten(-1, (self.n_heads, self.feature_dim)))
 
-    def _mix(self, x: torch.Tensor, state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """phi(q), phi(k) [B, T, H, F] and v [B, T, H, Dv]."""
         q, k = self.features(x, self.q_proj), self.features(x, self.k_proj)
-        v = self.v_proj(x).unflatten(-1, (self.n_heads, self.head_dim))
+        return q, k, self.v_proj(x).unflatten(-1, (self.n_heads, self.head_dim))
+
+    def _heads(self, x: torch.Tensor, state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """o [B, T, H, Dv] before out_proj (chunked, or the recurrence for one decode token), and the state."""
+        q, k, v = self._project(x)
         if state is None or x.shape[1] > 1:
-            o, state = linear_attention(
+            return linear_attention(
                 q, k, v, normalize=self.normalize, eps=self.eps, initial_state=state,
                 chunk_size=self.chunk_size, backend=self.backend,
             )
-        else:  # the same packed (S, z) recurrence, one token
-            out, state = gla_step(q, k, torch.cat([v, v.new_ones(*v.shape[:-1], 1)], -1), None, state, 1.0)
-            o = out[..., :-1] / (out[..., -1:] + self.eps) if self.normalize else out[..., :-1]
-        return self.out_proj(o.flatten(2)), state
+        # the same packed (S, z) recurrence, one token
+        out, state = gla_step(q, k, torch.cat([v, v.new_ones(*v.shape[:-1], 1)], -1), None, state, 1.0)
+        return (out[..., :-1] / (out[..., -1:] + self.eps) if self.normalize else out[..., :-1]), state
+
+    def _post(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """out_proj(o, head mask applied): o [B, T, H, Dv] -> [B, T, d_model]."""
+        return self.out_proj(apply_head_mask(o, self.head_mask).flatten(2))
+
+    def _mix(self, x: torch.Tensor, state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        o, state = self._heads(x, state)
+        return self._post(o, x), state
+
+    def pre_projection(self, x: torch.Tensor) -> torch.Tensor:
+        """o [B, T, H, Dv] of the chunked op, before out_proj (probe contract)."""
+        return self._heads(x, None)[0]
+
+    def attention_matrix(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A [B, H, T, T] = phi(q_t).phi(k_s) / (normaliser_t) (s <= t) and v [B, T, H, Dv] (probe contract)."""
+        q, k, v = self._project(x)
+        a = decayed_dot_product(q, k)
+        return (row_normalised(a, self.eps) if self.normalize else a), v
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._mix(x, None)[0]

@@ -5,8 +5,14 @@
     dt, B, C = x_proj(u)                                  (dt_rank, N, N)
     delta  = softplus(dt_proj(dt))                        (dt_proj carries the dt bias)
     s_t    = exp(delta_t A) s_{t-1} + delta_t B_t u_t,    A = -exp(A_log)  [d_inner, N]
-    y_t    = (C_t s_t + D u_t) * silu(z_t)
+    o_t    = C_t s_t + D u_t                              (the probe's pre-projection output)
+    y_t    = o_t * silu(z_t)
     out    = out_proj(y)
+
+Probe contract (`arch.probe`; Ali et al. 2024, "The Hidden Attention of Mamba Models"): G = the d_inner
+channels, Dv = 1, v = u (the scan's input, after the conv and SiLU), and
+A[c, t, s] = C_t . (prod_{l=s+1..t} exp(delta_{l,c} A_c)) (delta_{s,c} B_s) for s <= t, plus D_c on the
+diagonal (the skip), so that o_t = sum_s A[t, s] u_s; the head mask scales o's channels before the gate.
 
 Decode state: the last d_conv - 1 inputs of the convolution [B, d_inner, d_conv - 1] and the scan
 state [B, d_inner, N]. ``forward`` and ``step`` share one code path (`_mix`), the ops continuing
@@ -24,6 +30,9 @@ from torch import nn
 
 from arch.blocks.init import dt_bias, init_depthwise_conv_, no_weight_decay, s4d_real_log_A
 from arch.ops import causal_conv1d, selective_scan
+from arch.ops.backend import accumulation_dtype
+from arch.ops.implicit import decayed_dot_product
+from arch.probe import apply_head_mask
 
 
 class Mamba(nn.Module):
@@ -32,6 +41,9 @@ class Mamba(nn.Module):
     Initialisation (paper, Sec. 3.6 and App. E): A_n = n for n = 1..N in every channel (S4D-real),
     D = 1, dt bias = softplus^-1(dt) with dt ~ logU[dt_min, dt_max], dt_proj weight ~ U(+-dt_rank^-1/2),
     the depthwise conv as PyTorch's Conv1d (U(+-1/sqrt(d_conv))).
+
+    Probe (`arch.probe`): G = d_inner channels, v = u (after the conv and SiLU), Dv = 1, A = Mamba's hidden
+    attention C_t (prod_{l=s+1..t} exp(delta_l A)) B_s delta_s plus D on the diagonal; o before the z gate.
     """
 
     # mamba_ssm's `_init_weights` keeps PyTorch's default Linear init (out_proj: Kaiming-uniform over
@@ -66,6 +78,7 @@ class Mamba(nn.Module):
         self.D = nn.Parameter(torch.empty(self.d_inner))
         no_weight_decay(self.A_log, self.D)  # as mamba_ssm's Mamba
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
+        self.head_mask: torch.Tensor | None = None  # [d_inner], `arch.probe`
         self.init_weights()
 
     @torch.no_grad()
@@ -76,22 +89,51 @@ class Mamba(nn.Module):
         nn.init.uniform_(self.dt_proj.weight, -self.dt_rank**-0.5, self.dt_rank**-0.5)
         self.dt_proj.bias.copy_(dt_bias(self.d_inner, self.dt_min, self.dt_max))
 
-    def _mix(self, h: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict]:
+    def _inputs(self, h: torch.Tensor, state: dict | None):
+        """The scan's inputs: u, delta [B, T, d_inner], B, C [B, T, N], the gate z and the new conv state."""
         x, z = self.in_proj(h).chunk(2, dim=-1)
         u, conv_state = causal_conv1d(
             x, self.conv_weight, self.conv_bias, activation="silu",
             initial_state=None if state is None else state["conv"], backend=self.backend,
         )
         dt, B, C = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = F.softplus(self.dt_proj(dt))
-        y, ssm_state = selective_scan(
-            u, delta, -torch.exp(self.A_log), B, C, self.D, z,
+        return u, F.softplus(self.dt_proj(dt)), B, C, z, conv_state
+
+    def _pre_projection(self, h: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """o [B, T, d_inner, 1] (the scan's output with the D skip, before the gate), z and the new state."""
+        u, delta, B, C, z, conv_state = self._inputs(h, state)
+        o, ssm_state = selective_scan(
+            u, delta, -torch.exp(self.A_log), B, C, self.D,
             initial_state=None if state is None else state["ssm"], backend=self.backend,
         )
-        return self.out_proj(y), {"conv": conv_state, "ssm": ssm_state}
+        return o.unsqueeze(-1), z, {"conv": conv_state, "ssm": ssm_state}
+
+    def _mix(self, h: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict]:
+        o, z, new_state = self._pre_projection(h, state)
+        o = apply_head_mask(o, self.head_mask).squeeze(-1)
+        acc = accumulation_dtype(o)  # the gate in the scan's precision, as `selective_scan` applies it
+        y = (o.to(acc) * F.silu(z.to(acc))).to(o.dtype)
+        return self.out_proj(y), new_state
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._mix(x, None)[0]
+
+    def pre_projection(self, x: torch.Tensor) -> torch.Tensor:
+        """o [B, T, d_inner, 1]: the selective scan's output (with the D skip) before the SiLU(z) gate."""
+        return self._pre_projection(x, None)[0]
+
+    def attention_matrix(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A [B, d_inner, T, T], v = u [B, T, d_inner, 1]), materialised (probing only, O(d_inner T^2) memory):
+        A[c, t, s] = sum_n C_t[n] exp(sum_{l=s+1..t} delta_{l,c} A_{c,n}) B_s[n] delta_{s,c} + D_c [t = s]."""
+        u, delta, B, C, _, _ = self._inputs(x, None)
+        acc = accumulation_dtype(u)
+        delta = delta.to(acc)
+        channels = (*delta.shape, self.d_state)  # every channel a "head" of N state dims sharing B and C
+        log_decay = delta.unsqueeze(-1) * -torch.exp(self.A_log.to(acc))  # [B, T, d_inner, N]
+        a = decayed_dot_product(C.unsqueeze(2).expand(channels), B.unsqueeze(2).expand(channels), log_decay)
+        delta_c = delta.transpose(1, 2)  # [B, d_inner, T]
+        a = a * delta_c.unsqueeze(-2) + torch.diag_embed(self.D.to(acc)[:, None].expand_as(delta_c))
+        return a, u.unsqueeze(-1)
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> dict:
         return {

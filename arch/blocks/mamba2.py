@@ -8,6 +8,10 @@ Through Structured State Space Duality"), its SSD layer run on the gated-linear-
     s_t        = exp(dt_t A) s_{t-1} + B_t^T (dt_t x_t),   y_t = C_t s_t + D x_t    (per head, s [N, P])
     out        = out_proj(RMSNorm(y * silu(z)))     (gated RMSNorm, norm after the gate)
 
+Probe contract (`arch.probe`): G = the H heads, v = x per head [B, T, H, P] (after the conv and SiLU),
+A[h, t, s] = (C_t . B_s) exp(sum_{l=s+1..t} dt_{l,h} A_h) dt_{s,h} for s <= t, plus D_h on the diagonal,
+SSD's masked attention form; o = y per head, before the gate, the norm and out_proj.
+
 SSD is gated linear attention with q = C, k = B, v = dt * x, log_decay = dt * A (a scalar per head)
 and scale 1: `arch.ops.gla.gated_linear_attention`. Heads of ``head_dim`` P channels (64 in the paper).
 Decode state: the last d_conv - 1 inputs of the convolution [B, d_inner + 2N, d_conv - 1] and the
@@ -22,6 +26,9 @@ from torch import nn
 
 from arch.blocks.init import dt_bias, init_depthwise_conv_, no_weight_decay
 from arch.ops import causal_conv1d, gated_linear_attention, gla_step
+from arch.ops.backend import accumulation_dtype
+from arch.ops.implicit import decayed_dot_product
+from arch.probe import apply_head_mask
 
 
 class Mamba2(nn.Module):
@@ -29,6 +36,9 @@ class Mamba2(nn.Module):
 
     Initialisation (mamba_ssm's Mamba2): A ~ U[1, 16] per head, D = 1, dt_bias = softplus^-1(dt) with
     dt ~ logU[dt_min, dt_max], the depthwise conv as PyTorch's Conv1d (U(+-1/sqrt(d_conv))).
+
+    Probe (`arch.probe`): G = heads, v = x [B, T, H, head_dim], A = SSD's (C_t . B_s) exp(sum_{l=s+1..t}
+    dt_l A) dt_s plus D on the diagonal; o = y + D x per head, before the gated RMSNorm and out_proj.
     """
 
     # mamba_ssm's `_init_weights` keeps PyTorch's default Linear init (out_proj: Kaiming-uniform over
@@ -69,6 +79,7 @@ class Mamba2(nn.Module):
         no_weight_decay(self.dt_bias, self.A_log, self.D)  # as mamba_ssm's Mamba2
         self.norm = nn.RMSNorm(self.d_inner, eps=norm_eps)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
+        self.head_mask: torch.Tensor | None = None  # [n_heads], `arch.probe`
         self.init_weights()
 
     @torch.no_grad()
@@ -78,8 +89,8 @@ class Mamba2(nn.Module):
         self.D.fill_(1.0)
         self.dt_bias.copy_(dt_bias(self.n_heads, self.dt_min, self.dt_max))
 
-    def _mix(self, h: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict]:
-        batch, length, _ = h.shape
+    def _inputs(self, h: torch.Tensor, state: dict | None):
+        """x [B, T, H, P], B, C [B, T, N], dt [B, T, H] (after the softplus), the gate z and the new conv state."""
         z, xBC, dt = self.in_proj(h).split([self.d_inner, self.conv_dim, self.n_heads], dim=-1)
         xBC, conv_state = causal_conv1d(
             xBC, self.conv_weight, self.conv_bias, activation="silu",
@@ -87,7 +98,12 @@ class Mamba2(nn.Module):
         )
         x, B, C = xBC.split([self.d_inner, self.d_state, self.d_state], dim=-1)
         x = x.unflatten(-1, (self.n_heads, self.head_dim))  # [B, T, H, P]
-        dt = F.softplus(dt + self.dt_bias)  # [B, T, H]
+        return x, B, C, F.softplus(dt + self.dt_bias), z, conv_state
+
+    def _pre_projection(self, h: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """o = y + D x [B, T, H, P] (before the gate), z and the new state."""
+        batch, length, _ = h.shape
+        x, B, C, dt, z, conv_state = self._inputs(h, state)
         log_decay = dt * -torch.exp(self.A_log)
         heads = (batch, length, self.n_heads, self.d_state)
         q, k = C.unsqueeze(2).expand(heads).contiguous(), B.unsqueeze(2).expand(heads).contiguous()
@@ -99,11 +115,32 @@ class Mamba2(nn.Module):
             )
         else:
             y, ssm_state = gla_step(q, k, v, log_decay, state["ssm"], 1.0)
-        y = (y + self.D.unsqueeze(-1) * x).flatten(2)
-        return self.out_proj(self.norm(y * F.silu(z))), {"conv": conv_state, "ssm": ssm_state}
+        return y + self.D.unsqueeze(-1) * x, z, {"conv": conv_state, "ssm": ssm_state}
+
+    def _mix(self, h: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict]:
+        o, z, new_state = self._pre_projection(h, state)
+        y = apply_head_mask(o, self.head_mask).flatten(2)
+        return self.out_proj(self.norm(y * F.silu(z))), new_state
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._mix(x, None)[0]
+
+    def pre_projection(self, x: torch.Tensor) -> torch.Tensor:
+        """o [B, T, H, P]: SSD's output with the D skip, per head, before the gated norm and out_proj."""
+        return self._pre_projection(x, None)[0]
+
+    def attention_matrix(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A [B, H, T, T], v = x [B, T, H, P]), materialised (probing only): SSD's masked attention
+        A[h, t, s] = (C_t . B_s) exp(sum_{l=s+1..t} dt_{l,h} A_h) dt_{s,h} + D_h [t = s]."""
+        batch, length, _ = x.shape
+        x, B, C, dt, _, _ = self._inputs(x, None)
+        acc = accumulation_dtype(x)
+        dt = dt.to(acc)
+        heads = (batch, length, self.n_heads, self.d_state)
+        a = decayed_dot_product(C.unsqueeze(2).expand(heads), B.unsqueeze(2).expand(heads), dt * -torch.exp(self.A_log.to(acc)))
+        dt = dt.transpose(1, 2)  # [B, H, T]
+        a = a * dt.unsqueeze(-2) + torch.diag_embed(self.D.to(acc)[:, None].expand_as(dt))
+        return a, x
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> dict:
         return {

@@ -12,6 +12,11 @@ The decode state caches c_t and k_t^R, (kv_rank + rope_dim) numbers per token, n
 re-expands the cached latents through W_UKV (DeepSeek's "absorbed" form folds W_UK into the query
 instead; same result, fewer FLOPs at long contexts). Sizes default to DeepSeek-V2(-Lite)'s ratios:
 kv_rank = 4 head_dim, rope_dim = head_dim / 2, and a plain W_Q (q_rank 0).
+
+The probe contract (`arch.probe`): G = the heads; v [B, T, H, v_dim] each head's decompressed values;
+A [B, H, T, T] the causal softmax probabilities; pre_projection is [o_1; ...; o_H] as [B, T, H, v_dim]
+before W_O; the head mask scales o's heads in forward and step. `queries_keys` gives q and k
+[B, T, H, nope_dim + rope_dim] (the shared RoPE key repeated per head).
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import torch
 from torch import nn
 
 from arch.ops import causal_attention, rotary_embedding
+from arch.ops.attention import softmax_weights
+from arch.probe import apply_head_mask
 
 
 class MLA(nn.Module):
@@ -63,6 +70,7 @@ class MLA(nn.Module):
         self.kv_norm = nn.RMSNorm(self.kv_rank, eps=norm_eps) if latent_norm else nn.Identity()
         self.kv_up = nn.Linear(self.kv_rank, n_heads * (self.nope_dim + self.v_dim), bias=False)
         self.out_proj = nn.Linear(n_heads * self.v_dim, d_model, bias=False)
+        self.head_mask: torch.Tensor | None = None  # [n_heads] (arch.probe)
 
     def _queries(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
@@ -80,21 +88,43 @@ class MLA(nn.Module):
             k_rope = rotary_embedding(k_rope.unsqueeze(2), positions, self.rope_base).squeeze(2)
         return self.kv_norm(latent), k_rope
 
-    def _attend(self, q: torch.Tensor, latent: torch.Tensor, k_rope: torch.Tensor) -> torch.Tensor:
+    def _keys_values(self, latent: torch.Tensor, k_rope: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """k [B, T, H, nope_dim + rope_dim] and v [B, T, H, v_dim] decompressed from the latents."""
         b, t = latent.shape[:2]
         k_nope, v = self.kv_up(latent).view(b, t, self.n_heads, -1).split([self.nope_dim, self.v_dim], -1)
-        k = torch.cat([k_nope, k_rope.unsqueeze(2).expand(-1, -1, self.n_heads, -1)], -1)
+        return torch.cat([k_nope, k_rope.unsqueeze(2).expand(-1, -1, self.n_heads, -1)], -1), v
+
+    def _attend(self, q: torch.Tensor, latent: torch.Tensor, k_rope: torch.Tensor) -> torch.Tensor:
+        """o [B, Tq, H, v_dim] (the queries are the last Tq positions of the latents)."""
+        k, v = self._keys_values(latent, k_rope)
         scale = (self.nope_dim + self.rope_dim) ** -0.5
         # flash-attn wants one head size: zero-pad the narrower of q.k and v (zeros change no dot
         # product and no weighted value; the scale stays the q.k width's), drop the padding after
         width = max(k.shape[-1], self.v_dim)
         q, k, v = (nn.functional.pad(x, (0, width - x.shape[-1])) for x in (q, k, v))
-        o = causal_attention(q, k, v, scale=scale, backend=self.backend)[..., : self.v_dim]
-        return self.out_proj(o.flatten(2))
+        return causal_attention(q, k, v, scale=scale, backend=self.backend)[..., : self.v_dim]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _post(self, o: torch.Tensor) -> torch.Tensor:
+        return self.out_proj(apply_head_mask(o, self.head_mask).flatten(2))
+
+    def queries_keys(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q and k [B, T, H, nope_dim + rope_dim] that enter the scores (before the scale)."""
+        positions = range(x.shape[1])
+        return self._queries(x, positions), self._keys_values(*self._latents(x, positions))[0]
+
+    def pre_projection(self, x: torch.Tensor) -> torch.Tensor:
+        """o [B, T, H, v_dim] before the output projection."""
         positions = range(x.shape[1])
         return self._attend(self._queries(x, positions), *self._latents(x, positions))
+
+    def attention_matrix(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A [B, H, T, T] (causal softmax probabilities) and v [B, T, H, v_dim]."""
+        positions = range(x.shape[1])
+        k, v = self._keys_values(*self._latents(x, positions))
+        return softmax_weights(self._queries(x, positions), k, scale=(self.nope_dim + self.rope_dim) ** -0.5), v
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._post(self.pre_projection(x))
 
     def init_state(self, batch_size: int, device=None, dtype=None) -> dict:
         return {
@@ -107,7 +137,7 @@ class MLA(nn.Module):
         positions = torch.tensor([state["pos"]], device=x.device)
         latent, k_rope = self._latents(x, positions)
         latent, k_rope = torch.cat([state["latent"], latent], 1), torch.cat([state["k_rope"], k_rope], 1)
-        y = self._attend(self._queries(x, positions), latent, k_rope)
+        y = self._post(self._attend(self._queries(x, positions), latent, k_rope))
         return y, {"latent": latent, "k_rope": k_rope, "pos": state["pos"] + 1}
 
     def state_size(self, seq_len: int) -> int:

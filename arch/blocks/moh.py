@@ -14,6 +14,9 @@ n_shared) the layer is multi-head attention. The load-balancing loss is the Swit
 routed heads, E sum_i mean_t(p_i) f_i (weight 1e-2, as the reference); no z-loss. All heads are
 computed and the unselected ones weighted 0 (the reference does the same); the K/V cache is
 attention's.
+
+The probe contract is `Attention`'s (G = the heads): pre_projection and attention_matrix are the
+heads' outputs before the routing gates, which, like the output projection, come after the head mask.
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ class MoH(Attention):
         return routed.reshape(b, t, -1).to(x.dtype)
 
     def _output(self, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
-        """The gates scale each head's output [B, T, H, Dh] before the output projection; the rest
-        (projections, RoPE, K/V cache, forward and step) is `Attention`'s."""
+        """The gates scale each head's output [B, T, H, Dh] (already head-masked) before the output
+        projection; the rest (projections, RoPE, K/V cache, forward and step, the probe contract) is
+        `Attention`'s."""
         return super()._output(x, o * self.gates(x)[..., None])

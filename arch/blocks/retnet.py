@@ -12,6 +12,12 @@ Per head h with a fixed decay gamma_h = 1 - 2^(-5-h) (h = 0..H-1: each head its 
 The decay is a scalar per head, so the chunked op runs with log_decay = log gamma_h [B, T, H].
 xPos's extra length-extrapolation scaling is left out (RetNet's public code also drops it): the
 rotation alone keeps q.k relative. Decode state: S [B, H, Dk, Dv] and the position (not a tensor).
+
+Probe contract (`arch.probe`): G = the heads, v = W_v x per head [B, T, H, Dv], and the implicit attention
+A[n, m] = (q_n . k_m) gamma_h^(n-m) / sqrt(Dk) for m <= n (rotated q, k: the parallel form's D; no
+normalisation comes before the group norm; `arch.ops.implicit.decayed_dot_product` with the scalar
+log-decay log gamma_h). pre_projection is o above, before the group norm; the head mask scales each
+head after the group norm (a per-head norm would undo any scaling of o).
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from torch import nn
 
 from arch.ops import gated_linear_attention, gla_step, rotary_embedding
 from arch.ops.backend import accumulation_dtype
+from arch.ops.implicit import decayed_dot_product
+from arch.probe import apply_head_mask
 
 
 class RetNet(nn.Module):
@@ -53,30 +61,57 @@ class RetNet(nn.Module):
         self.g_proj = nn.Linear(d_model, self.value_dim, bias=False)
         self.group_norm = nn.GroupNorm(n_heads, self.value_dim, eps=norm_eps)
         self.out_proj = nn.Linear(self.value_dim, d_model, bias=False)
+        self.head_mask: torch.Tensor | None = None  # [n_heads] (arch.probe)
 
     def decay(self, dtype=torch.float64, device=None) -> torch.Tensor:
         """gamma_h = 1 - 2^(-5-h), h = 0..H-1: [H]."""
         return 1 - 2.0 ** (-5 - torch.arange(self.n_heads, dtype=dtype, device=device))
 
-    def _mix(self, x: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict]:
+    def _project(self, x: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Rotated q, k [B, T, H, Dk] (positions from ``start``), v [B, T, H, Dv] and log gamma_h as [B, T, H]."""
         batch, length, _ = x.shape
-        start = 0 if state is None else state["pos"]
         positions = range(start, start + length)
         q = rotary_embedding(self.q_proj(x).unflatten(-1, (self.n_heads, self.head_k)), positions, self.rope_base)
         k = rotary_embedding(self.k_proj(x).unflatten(-1, (self.n_heads, self.head_k)), positions, self.rope_base)
         v = self.v_proj(x).unflatten(-1, (self.n_heads, self.head_v))
         work = accumulation_dtype(x)
         log_decay = torch.log(self.decay(work, x.device)).expand(batch, length, self.n_heads).contiguous()
+        return q, k, v, log_decay
+
+    def _heads(self, x: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict]:
+        """o [B, T, H, Dv] before the group norm (chunked, or the recurrence for one decode token), and the state."""
+        start = 0 if state is None else state["pos"]
+        q, k, v, log_decay = self._project(x, start)
         scale = self.head_k**-0.5
-        if state is None or length > 1:
+        if state is None or x.shape[1] > 1:
             S0 = None if state is None else state["S"]
             o, S = gated_linear_attention(
                 q, k, v, log_decay, scale=scale, initial_state=S0, chunk_size=self.chunk_size, backend=self.backend
             )
         else:
             o, S = gla_step(q, k, v, log_decay, state["S"], scale)
-        o = self.group_norm(o.reshape(batch * length, self.value_dim)).view(batch, length, self.value_dim)
-        return self.out_proj(o * F.silu(self.g_proj(x))), {"S": S, "pos": start + length}
+        return o, {"S": S, "pos": start + x.shape[1]}
+
+    def _post(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """out_proj(head mask * GroupNorm(o) * silu(W_g x)): o [B, T, H, Dv] -> [B, T, d_model]."""
+        batch, length, _ = x.shape
+        # the mask after the per-head norm: a head's norm would undo any scaling of its o
+        o = self.group_norm(o.reshape(batch * length, self.value_dim)).view(o.shape)
+        o = apply_head_mask(o, self.head_mask).flatten(2)
+        return self.out_proj(o * F.silu(self.g_proj(x)))
+
+    def _mix(self, x: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict]:
+        o, state = self._heads(x, state)
+        return self._post(o, x), state
+
+    def pre_projection(self, x: torch.Tensor) -> torch.Tensor:
+        """o [B, T, H, Dv] of the chunked op, before the group norm (probe contract)."""
+        return self._heads(x, None)[0]
+
+    def attention_matrix(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A [B, H, T, T] = (q_n . k_m) gamma_h^(n-m) / sqrt(Dk) (m <= n) and v [B, T, H, Dv] (probe contract)."""
+        q, k, v, log_decay = self._project(x, 0)
+        return decayed_dot_product(q, k, log_decay, scale=self.head_k**-0.5), v
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._mix(x, None)[0]

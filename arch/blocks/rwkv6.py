@@ -10,6 +10,13 @@ Time mixing, with token shift dx_t = x_{t-1} - x_t and data-dependent interpolat
     o_t = r_t (S_{t-1} + diag(u) k_t^T v_t),   S_t = diag(exp(w_t)) S_{t-1} + k_t^T v_t
     out = out_proj(GroupNorm_per_head(o) * silu(g))
 
+Probe contract of the time mix (`arch.probe`): G = the heads, v = W_v x_v per head [B, T, H, Dv], and
+the implicit attention A[t, s] = sum_d r_td k_sd exp(w_{s+1,d} + ... + w_{t-1,d}) for s < t (the decays
+strictly between s and t: the state is read before the current token's decay) and
+A[t, t] = sum_d r_td u_d k_td, the bonus (`arch.ops.implicit.decayed_dot_product`, ``exclusive``).
+pre_projection is o above, before the group norm; the head mask scales each head after the group norm
+(a per-head norm would undo any scaling of o).
+
 Channel mixing (squared-ReLU, token shifted):
 
     k = relu(W_k (x_t + dx_t * mu_k))^2,   out = sigmoid(W_r (x_t + dx_t * mu_r)) * out_proj(k)
@@ -47,6 +54,8 @@ from torch import nn
 
 from arch.blocks.init import channel_ramp, depth_ratios, no_weight_decay, orthogonal_or_zero_, rwkv_depth, rwkv_group_norm_scale
 from arch.ops import rwkv6
+from arch.ops.implicit import decayed_dot_product
+from arch.probe import apply_head_mask
 
 
 def token_shift(x: torch.Tensor, last: torch.Tensor | None) -> torch.Tensor:
@@ -93,6 +102,7 @@ class RWKV6TimeMix(nn.Module):
         self.g_proj = nn.Linear(d_model, d_model, bias=False)
         self.group_norm = nn.GroupNorm(self.n_heads, d_model, eps=gn_eps)
         self.out_proj = nn.Linear(d_model, d_model, bias=False)
+        self.head_mask: torch.Tensor | None = None  # [n_heads] (arch.probe)
         decayed = {f"{name}.weight" for name in self.PROJECTION_GAINS}
         no_weight_decay(*(p for name, p in self.named_parameters() if name not in decayed))
         self.init_weights()
@@ -122,18 +132,44 @@ class RWKV6TimeMix(nn.Module):
         """w_t = -exp(w0 + tanh(x_w A_w) B_w) [B, T, d_model], the per-channel log-decay."""
         return -torch.exp(self.decay_up(torch.tanh(self.decay_down(x_w))))
 
-    def _mix(self, x: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict]:
-        batch, length, d = x.shape
-        dx = token_shift(x, None if state is None else state["last"]) - x
+    def _project(self, x: torch.Tensor, last: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """r, k [B, T, H, Dk], v [B, T, H, Dv], the log-decay w [B, T, H, Dk] and the gate's input x_g [B, T, d_model]
+        (token shift from ``last``, the token before x: zeros when None)."""
+        dx = token_shift(x, last) - x
         lora = torch.tanh(self.mix_down(x + dx * self.mu_x)).unflatten(-1, (len(self.MIXED), -1))
         m = self.mu + torch.einsum("btfr,frd->btfd", lora, self.mix_up)  # [B, T, 5, D]
         xw, xk, xv, xr, xg = (x.unsqueeze(2) + dx.unsqueeze(2) * m).unbind(2)
         heads = (self.n_heads, self.head_dim)
         r, k, v = (proj(t).unflatten(-1, heads) for proj, t in ((self.r_proj, xr), (self.k_proj, xk), (self.v_proj, xv)))
-        log_decay = self.log_decay(xw).unflatten(-1, heads)
+        return r, k, v, self.log_decay(xw).unflatten(-1, heads), xg
+
+    def _heads(self, x: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """o [B, T, H, Dv] before the group norm, the gate's input x_g and the new state."""
+        r, k, v, log_decay, xg = self._project(x, None if state is None else state["last"])
         o, wkv = rwkv6(r, k, v, log_decay, self.bonus, initial_state=None if state is None else state["wkv"], backend=self.backend)
-        o = self.group_norm(o.reshape(batch * length, d)).view(batch, length, d)
-        return self.out_proj(o * F.silu(self.g_proj(xg))), {"last": x[:, -1], "wkv": wkv}
+        return o, xg, {"last": x[:, -1], "wkv": wkv}
+
+    def _post(self, o: torch.Tensor, xg: torch.Tensor) -> torch.Tensor:
+        """out_proj(head mask * GroupNorm(o) * silu(W_g x_g)): o [B, T, H, Dv] -> [B, T, d_model]."""
+        batch, length, d = xg.shape
+        # the mask after the per-head norm: a head's norm would undo any scaling of its o
+        o = self.group_norm(o.reshape(batch * length, d)).view(o.shape)
+        o = apply_head_mask(o, self.head_mask).flatten(2)
+        return self.out_proj(o * F.silu(self.g_proj(xg)))
+
+    def _mix(self, x: torch.Tensor, state: dict | None) -> tuple[torch.Tensor, dict]:
+        o, xg, state = self._heads(x, state)
+        return self._post(o, xg), state
+
+    def pre_projection(self, x: torch.Tensor) -> torch.Tensor:
+        """o [B, T, H, Dv] of the chunked op, before the group norm (probe contract)."""
+        return self._heads(x, None)[0]
+
+    def attention_matrix(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A [B, H, T, T]: sum_d r_td k_sd exp(w_{s+1,d} + ... + w_{t-1,d}) for s < t, sum_d r_td u_d k_td
+        on the diagonal; and v [B, T, H, Dv] (probe contract)."""
+        r, k, v, log_decay, _ = self._project(x, None)
+        return decayed_dot_product(r, k, log_decay, exclusive=True, bonus=self.bonus), v
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._mix(x, None)[0]

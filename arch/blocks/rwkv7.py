@@ -15,6 +15,14 @@ v_first travels through the model's per-forward ``shared`` dict (`arch.lm.Layer`
 layer to run puts its v there. A block used on its own (no ``shared``) has no value residual. The
 residual's parameters exist for layer_idx > 0; should such a layer still be the first RWKV-7 layer
 of a hybrid, the formula runs with v_first = v (an identity whose parameters get zero gradients).
+
+Probe contract (`arch.probe`): G = the heads, v = the values per head [B, T, H, Dv] (after the value
+residual), and the implicit attention of the state update A[t, s] = k_s^T M_{s+1} ... M_t r_t for s <= t,
+M_t = diag(exp(-exp(w_t))) - kk_t (kk_t * a_t)^T (`arch.ops.implicit.diagonal_plus_low_rank`). pre_projection
+is o = S_t r_t, before the group norm. The current-token term (sum(r * k * r_k) per head) v is added
+after the norm: it is not part of o. The head mask scales each head after both (the group norm would
+undo any scaling of o), so masking a head removes all of it. The probe methods take ``shared`` as forward does (the value residual).
+
 The channel mix is RWKV-6's
 without the receptance gate and with the shift mix 1 - ddd^(r1^4) (`RWKV6ChannelMix(receptance=False,
 depth_power=4)`, expansion 4); presets alternate ``[rwkv7, rwkv7_channel]`` with ``layer_span: 2`` as
@@ -56,6 +64,8 @@ from arch.blocks.init import (
 )
 from arch.blocks.rwkv6 import token_shift
 from arch.ops import rwkv7
+from arch.ops.implicit import diagonal_plus_low_rank
+from arch.probe import apply_head_mask
 
 
 class RWKV7TimeMix(nn.Module):
@@ -108,6 +118,7 @@ class RWKV7TimeMix(nn.Module):
         self.r_k = nn.Parameter(torch.empty(self.n_heads, head_dim))
         self.group_norm = nn.GroupNorm(self.n_heads, d_model, eps=gn_eps)
         self.out_proj = nn.Linear(d_model, d_model, bias=False)
+        self.head_mask: torch.Tensor | None = None  # [n_heads] (arch.probe)
         decayed = {f"{name}.weight" for name in self.PROJECTION_GAINS}
         no_weight_decay(*(p for name, p in self.named_parameters() if name not in decayed))
         self.init_weights()
@@ -141,9 +152,10 @@ class RWKV7TimeMix(nn.Module):
         """-exp(w), w = -softplus(-(w0 + tanh(x_w A_w) B_w)) - 1/2: in [-e^-1/2, 0), [B, T, d_model]."""
         return -torch.exp(-F.softplus(-self.decay_up(torch.tanh(self.decay_down(x_w)))) - 0.5)
 
-    def _mix(self, x: torch.Tensor, state: dict | None, shared: dict | None) -> tuple[torch.Tensor, dict]:
-        batch, length, d = x.shape
-        dx = token_shift(x, None if state is None else state["last"]) - x
+    def _project(self, x: torch.Tensor, last: torch.Tensor | None, shared: dict | None) -> tuple[torch.Tensor, ...]:
+        """r, log-decay, k, v, the state update's a = -kk and b = kk * a [B, T, H, head_dim], and the gate g [B, T, d_model]
+        (token shift from ``last``, the token before x: zeros when None)."""
+        dx = token_shift(x, last) - x
         xr, xw, xk, xv, xa, xg = (x.unsqueeze(2) + dx.unsqueeze(2) * self.mu).unbind(2)
         heads = (self.n_heads, self.head_dim)
         a = torch.sigmoid(self.a_up(self.a_down(xa)))
@@ -157,10 +169,30 @@ class RWKV7TimeMix(nn.Module):
             if self.value_residual:
                 v = v + (v_first - v) * torch.sigmoid(self.v_up(self.v_down(xv)))
         r, v, a = self.r_proj(xr).unflatten(-1, heads), v.unflatten(-1, heads), a.unflatten(-1, heads)
-        o, S = rwkv7(r, self.log_decay(xw).unflatten(-1, heads), k, v, -kk, kk * a, initial_state=None if state is None else state["S"])
-        o = self.group_norm(o.reshape(batch * length, d)).view(batch, length, *heads)
+        return r, self.log_decay(xw).unflatten(-1, heads), k, v, -kk, kk * a, g
+
+    def _post(self, o: torch.Tensor, r: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """out_proj(head mask * (GroupNorm(o) + (sum(r * k * r_k)) v) * g): o [B, T, H, Dv] -> [B, T, d_model]."""
+        batch, length, d = g.shape
+        o = self.group_norm(o.reshape(batch * length, d)).view(batch, length, *v.shape[2:])
         o = o + (r * k * self.r_k).sum(-1, keepdim=True) * v
-        return self.out_proj(o.flatten(2) * g), {"last": x[:, -1], "S": S}
+        # the mask after the per-head norm (which would undo any scaling of o) and the current-token term
+        return self.out_proj(apply_head_mask(o, self.head_mask).flatten(2) * g)
+
+    def _mix(self, x: torch.Tensor, state: dict | None, shared: dict | None) -> tuple[torch.Tensor, dict]:
+        r, log_decay, k, v, a, b, g = self._project(x, None if state is None else state["last"], shared)
+        o, S = rwkv7(r, log_decay, k, v, a, b, initial_state=None if state is None else state["S"])
+        return self._post(o, r, k, v, g), {"last": x[:, -1], "S": S}
+
+    def pre_projection(self, x: torch.Tensor, shared: dict | None = None) -> torch.Tensor:
+        """o [B, T, H, Dv] of the chunked op, before the group norm (probe contract)."""
+        r, log_decay, k, v, a, b, _ = self._project(x, None, shared)
+        return rwkv7(r, log_decay, k, v, a, b)[0]
+
+    def attention_matrix(self, x: torch.Tensor, shared: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A [B, H, T, T] = k_s^T M_{s+1} ... M_t r_t (s <= t) and v [B, T, H, Dv] (probe contract)."""
+        r, log_decay, k, v, a, b, _ = self._project(x, None, shared)
+        return diagonal_plus_low_rank(r, log_decay, k, a, b), v
 
     def forward(self, x: torch.Tensor, shared: dict | None = None) -> torch.Tensor:
         return self._mix(x, None, shared)[0]

@@ -1,6 +1,12 @@
 """Causal softmax attention with optional sliding window and grouped K/V heads:
 
 o_t = sum_{s in W(t)} softmax_s(scale * q_t . k_s) v_s,   W(t) = {s <= t, t - s < window}
+
+and the explicit [T, T] variants (sigmoid, CoPE, selective, multi-token attention). Each explicit op
+is `apply_weights` of its ``*_weights`` function (the attention weights [B, H, Tq, Tk] it applies to
+the values), so probing a block (`arch.probe`) reads the very weights its forward uses;
+`softmax_weights` is the explicit form of `causal_attention`'s probabilities (SDPA never materialises
+them).
 """
 
 from __future__ import annotations
@@ -68,13 +74,27 @@ def _biased(q, k, v, bias, window, scale) -> torch.Tensor:
     return out.transpose(1, 2)
 
 
+def per_query_head(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """K or V [B, T, Hkv, D] with each K/V head repeated for the query heads that share it: [B, T, heads, D]."""
+    return x.repeat_interleave(heads // x.shape[2], dim=2)
+
+
+def scaled_scores(q: torch.Tensor, k: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """scale * q . k [B, H, Tq, Tk] (scale default 1 / sqrt(D)); q: [B, Tq, H, D], k: [B, Tk, Hkv, D]."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    return torch.einsum("bthd,bshd->bhts", q, per_query_head(k, q.shape[2])) * scale
+
+
 def explicit_scores(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The explicit paths' scaled scores [B, H, Tq, Tk] and per-query-head values [B, Tk, H, Dv]
     (K/V heads repeated for GQA)."""
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    group = q.shape[2] // k.shape[2]
-    kk, vv = (x.repeat_interleave(group, dim=2) for x in (k, v))
-    return torch.einsum("bthd,bshd->bhts", q, kk) * scale, vv
+    return scaled_scores(q, k, scale), per_query_head(v, q.shape[2])
+
+
+def apply_weights(weights: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """o [B, Tq, H, Dv] = sum_s weights[:, h, t, s] v[:, s, h]: attention weights [B, H, Tq, Tk] applied
+    to the values [B, Tk, Hkv, Dv] (K/V heads repeated for GQA)."""
+    return torch.einsum("bhts,bshd->bthd", weights, per_query_head(v, weights.shape[1]))
 
 
 def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, scale: float | None = None) -> torch.Tensor:
@@ -99,7 +119,24 @@ def local_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: i
     start = torch.arange(n, device=q.device)[:, None, None] * block
     mask = (c >= r) & (c <= r + window - 1) & (start - (window - 1) + c >= 0)  # [n, block, span]
     out = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask[None, :, None], scale=scale, enable_gqa=kb.shape[2] != h)
-    return out.transpose(2, 3).reshape(b, n * block, h, d)[:, :t]
+    return out.transpose(2, 3).reshape(b, n * block, h, v.shape[-1])[:, :t]
+
+
+def softmax_weights(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    window: int | None = None,
+    scale: float | None = None,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`causal_attention`'s probabilities, explicit: softmax_s(scale * q_t . k_s + bias_ts) over
+    W(t) = {s <= t, t - s < window}, 0 elsewhere, [B, H, Tq, Tk] (the queries are the last Tq positions
+    of the keys); in float32 (float64 for float64 inputs)."""
+    acc = torch.promote_types(q.dtype, torch.float32)
+    scores = scaled_scores(q.to(acc), k.to(acc), scale)
+    if bias is not None:
+        scores = scores + bias.to(acc)
+    return scores.masked_fill(~_visible(q.shape[1], k.shape[1], window, q.device), float("-inf")).softmax(-1)
 
 
 def sliding_window_attention_naive(
@@ -111,19 +148,9 @@ def sliding_window_attention_naive(
     bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The oracle: explicit scores over all T x T pairs, masked to W(t) = {s <= t, t - s < window},
-    softmax, weighted values; accumulates in float32 (float64 for float64 inputs)."""
+    softmax, weighted values (`softmax_weights`); accumulates in float32 (float64 for float64 inputs)."""
     acc = torch.promote_types(q.dtype, torch.float32)
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    group = q.shape[2] // k.shape[2]
-    kk, vv = (x.repeat_interleave(group, dim=2).to(acc) for x in (k, v))
-    scores = torch.einsum("bthd,bshd->bhts", q.to(acc), kk) * scale
-    if bias is not None:
-        scores = scores + bias.to(acc)
-    i = torch.arange(q.shape[1], device=q.device)[:, None]
-    j = torch.arange(k.shape[1], device=q.device)[None, :]
-    visible = (j <= i) if window is None else (j <= i) & (i - j < window)
-    weights = scores.masked_fill(~visible, float("-inf")).softmax(-1)
-    return torch.einsum("bhts,bshd->bthd", weights, vv).to(q.dtype)
+    return apply_weights(softmax_weights(q, k, window, scale, bias), v.to(acc)).to(q.dtype)
 
 
 def sigmoid_attention(
@@ -132,9 +159,14 @@ def sigmoid_attention(
     """o_t = sum_{s in W(t)} sigmoid(scale * q_t . k_s + bias) v_s: attention weights that are not
     normalised over the keys (Gu et al. 2024, "When Attention Sink Emerges in Language Models").
     Explicit [T, T] weights (no SDPA form); layouts as `causal_attention` (GQA by fewer K/V heads)."""
-    scores, vv = explicit_scores(q, k, v, scale)
-    weights = torch.sigmoid(scores + bias) * _visible(q.shape[1], k.shape[1], window, q.device)
-    return torch.einsum("bhts,bshd->bthd", weights, vv)
+    return apply_weights(sigmoid_weights(q, k, bias=bias, window=window, scale=scale), v)
+
+
+def sigmoid_weights(
+    q: torch.Tensor, k: torch.Tensor, *, bias: float = 0.0, window: int | None = None, scale: float | None = None
+) -> torch.Tensor:
+    """`sigmoid_attention`'s weights [B, H, Tq, Tk]: sigmoid(scale * q_t . k_s + bias) on W(t), 0 elsewhere."""
+    return torch.sigmoid(scaled_scores(q, k, scale) + bias) * _visible(q.shape[1], k.shape[1], window, q.device)
 
 
 def sigmoid_attention_naive(
@@ -174,10 +206,15 @@ def cope_bias(q: torch.Tensor, logits: torch.Tensor, table: torch.Tensor) -> tor
 
 def cope_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor, scale: float | None = None) -> torch.Tensor:
     """Causal softmax attention with CoPE's bias (`cope_bias`), explicit [T, T] path; GQA by fewer K/V heads."""
-    logits, vv = explicit_scores(q, k, v, scale)
+    return apply_weights(cope_weights(q, k, table, scale), v)
+
+
+def cope_weights(q: torch.Tensor, k: torch.Tensor, table: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """`cope_attention`'s probabilities [B, H, Tq, Tk]."""
+    logits = scaled_scores(q, k, scale)
     logits = logits.masked_fill(~_visible(q.shape[1], k.shape[1], None, q.device), float("-inf"))
     logits = logits + cope_bias(q, logits, table)
-    return torch.einsum("bhts,bshd->bthd", logits.softmax(-1), vv)
+    return logits.softmax(-1)
 
 
 def selection_scores(logits0: torch.Tensor) -> torch.Tensor:
@@ -222,7 +259,12 @@ def selective_attention(
     every head's logits minus F_ij = sum_{i' < i} S_i'j, S = `selection_scores` of head 0. Parameter-free;
     explicit [T, T] path; GQA by fewer K/V heads. ``budget``: at most that many keys held per query,
     the most-masked dropped first (`selective_keep`); q and k then cover the same positions."""
-    logits, vv = explicit_scores(q, k, v, scale)
+    return apply_weights(selective_weights(q, k, scale, budget), v)
+
+
+def selective_weights(q: torch.Tensor, k: torch.Tensor, scale: float | None = None, budget: int | None = None) -> torch.Tensor:
+    """`selective_attention`'s probabilities [B, H, Tq, Tk]."""
+    logits = scaled_scores(q, k, scale)
     s = selection_scores(logits[:, 0])
     f = F.pad(s.cumsum(-2), (0, 0, 1, 0))[..., :-1, :]  # query i accumulates the rows of queries before it
     hidden = ~_visible(q.shape[1], k.shape[1], None, q.device)
@@ -231,7 +273,7 @@ def selective_attention(
             raise ValueError("selective attention with a budget needs the queries of every key (Tq == Tk)")
         hidden = hidden | ~selective_keep(f, budget)
     logits = (logits - f[:, None]).masked_fill(hidden if hidden.dim() == 2 else hidden[:, None], float("-inf"))
-    return torch.einsum("bhts,bshd->bthd", logits.softmax(-1), vv)
+    return logits.softmax(-1)
 
 
 def mta_attention(
@@ -248,9 +290,18 @@ def mta_attention(
     [H, c_q, c_k] (causal over the c_q - 1 previous queries, centred over c_k keys), mixed across heads by
     ``head_mix`` [H, H], then masked causally and softmaxed. q: [B, Tq, H, D] (the last Tq positions of
     the keys); ``past_q`` [B, c_q - 1, H, D]: the queries before q (decoding; zeros at the start)."""
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    group = q.shape[2] // k.shape[2]
-    kk, vv = (x.repeat_interleave(group, dim=2) for x in (k, v))
+    return apply_weights(mta_weights(q, k, kernel, head_mix, scale, past_q), v)
+
+
+def mta_weights(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    kernel: torch.Tensor | None,
+    head_mix: torch.Tensor | None,
+    scale: float | None = None,
+    past_q: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`mta_attention`'s probabilities [B, H, Tq, Tk]."""
     t_q, t_k = q.shape[1], k.shape[1]
     c_q = 1 if kernel is None else kernel.shape[1]
     extra = 0
@@ -259,7 +310,7 @@ def mta_attention(
         q_all, extra = torch.cat([history, q], 1), c_q - 1  # the rows the convolution reads
     else:
         q_all = q
-    logits = torch.einsum("bthd,bshd->bhts", q_all, kk) * scale  # [B, H, extra + Tq, Tk]
+    logits = scaled_scores(q_all, k, scale)  # [B, H, extra + Tq, Tk]
     rows = torch.arange(t_k - t_q - extra, t_k, device=q.device)[:, None]  # position of each row's query
     logits = logits.masked_fill(torch.arange(t_k, device=q.device)[None, :] > rows, 0.0)  # Mask_0
     if kernel is not None:
@@ -268,5 +319,4 @@ def mta_attention(
         logits = F.conv2d(padded, kernel.unsqueeze(1).to(logits.dtype), groups=kernel.shape[0])  # [B, H, Tq, Tk]
     if head_mix is not None:
         logits = torch.einsum("hg,bgts->bhts", head_mix.to(logits.dtype), logits)
-    logits = logits.masked_fill(~_visible(t_q, t_k, None, q.device), float("-inf"))
-    return torch.einsum("bhts,bshd->bthd", logits.softmax(-1), vv)
+    return logits.masked_fill(~_visible(t_q, t_k, None, q.device), float("-inf")).softmax(-1)
