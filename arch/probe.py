@@ -312,7 +312,7 @@ def probe_model(model, ids: torch.Tensor, labels: torch.Tensor | None, probes=PR
         raise ProbeError(f"unknown probe(s) {unknown}; choose from {', '.join(PROBES)}")
     model.eval()
     b, n = ids.shape
-    min_pos = min(min_pos, n // 4)
+    min_pos = min(min_pos, n // 2)
     vocab = vocab or model.config.vocab_size
     layers = [i for i, layer in enumerate(model.layers) if probeable(layer.mixer)]
     out: dict = {

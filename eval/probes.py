@@ -10,7 +10,7 @@ recurrent blocks, the residual stream, and head ablations.
 Arguments (``key=value``): ``run`` (a run directory or a checkpoint, required), ``probe`` (a comma
 list of the probes below, default all), ``batch`` (examples, default 16), ``seq_len`` (tokens per
 example for text runs, default the run's; MQAR runs use their test examples), ``min_pos`` (the first
-query position the sink measures average over, default 128, lowered to T/4 for shorter sequences),
+query position the sink measures average over, default 128, lowered to T/2 for shorter sequences),
 ``init`` (true: the run's model freshly initialised with its seed, weights not loaded), ``out`` (the
 output folder, default <run>/probes), ``plots`` (true/false, default true).
 
