@@ -223,8 +223,11 @@ class Probes(pl.Callback):
         self._ids = self._labels = None
         self._last_step: int | None = None
         self.seconds = 0.0  # time spent probing, for the overhead measurement
+        self.passes = 0
+        self._start = 0.0
 
     def on_train_start(self, trainer, pl_module) -> None:
+        self._start = time.perf_counter()
         loader = trainer.datamodule.val_dataloader() if trainer.datamodule is not None else trainer.val_dataloaders
         loader = loader[0] if isinstance(loader, (list, tuple)) else loader
         rows = []
@@ -277,3 +280,13 @@ class Probes(pl.Callback):
         if logger is not None:
             logger.log_metrics(scalars, step=step)
         self.seconds += time.perf_counter() - start
+        self.passes += 1
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero and self.passes:
+            total = time.perf_counter() - self._start
+            print(
+                f"Probes: {self.passes} passes took {self.seconds:.1f} s, {100 * self.seconds / max(total, 1e-9):.1f}% of the "
+                f"{total:.0f} s of training.",
+                file=sys.stderr,
+            )
