@@ -33,6 +33,7 @@ from torch import nn
 
 PROBES = ("sink", "entropy", "massive", "retrieval", "induction", "rank", "ablation")
 IGNORE = -100  # the label of a position that is not scored
+MAX_ABLATED_GROUPS = 32  # above this many groups (channel-wise blocks), ablation masks the whole mixer
 
 
 class ProbeError(ValueError):
@@ -290,11 +291,18 @@ def _layer_maps(model, inputs: Captured, i: int, chunk: int):
         yield sl, matrix_of(model, inputs, i, sl)
 
 
-def _loss_and_accuracy(model, ids: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
-    logits = model(ids).double()
+def _loss_and_accuracy(model, stream: torch.Tensor, inputs: Captured, start: int, labels: torch.Tensor) -> tuple[float, float]:
+    """Loss and accuracy on the labelled positions of a forward resumed at layer ``start`` from the
+    captured residual stream (the layers before it are unchanged by a mask on a later layer)."""
+    x = stream[start]
+    shared = {} if start == 0 else dict(next((s for s in inputs.shared if s is not None), None) or {})
+    for layer in model.layers[start:]:
+        x = layer(x, shared)
+    h = model.norm(x)
     valid = labels != IGNORE
-    loss = torch.nn.functional.cross_entropy(logits[valid], labels[valid])
-    return float(loss), float((logits.argmax(-1)[valid] == labels[valid]).double().mean())
+    logits = model.head(h[valid])
+    loss = torch.nn.functional.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), labels[valid])
+    return float(loss), float((logits.argmax(-1) == labels[valid]).double().mean())
 
 
 def _shifted(ids: torch.Tensor) -> torch.Tensor:
@@ -374,16 +382,20 @@ def probe_model(model, ids: torch.Tensor, labels: torch.Tensor | None, probes=PR
         out["effective_rank"] = {i: effective_rank(stream[i + 1].flatten(0, 1)) for i in range(len(model.layers))}
     if "ablation" in probes:
         ab_labels = labels if labels is not None else _shifted(ids)
-        base_loss, base_acc = _loss_and_accuracy(model, ids, ab_labels)
+        base_loss, base_acc = _loss_and_accuracy(model, stream, inputs, 0, ab_labels)
         out["ablation"] = {"loss": base_loss, "accuracy": base_acc, "layers": {}}
         for i in layers:
             groups = matrix_of(model, inputs, i, slice(0, 1)).shape[1]
-            rows = []
-            for g in range(groups):
+            # a channel-wise block has hundreds of groups: ablate the whole mixer instead of each channel
+            masks = [("all", torch.zeros(groups, dtype=torch.float64))] if groups > MAX_ABLATED_GROUPS else []
+            for g in range(groups if not masks else 0):
                 mask = torch.ones(groups, dtype=torch.float64)
                 mask[g] = 0
+                masks.append((g, mask))
+            rows = []
+            for g, mask in masks:
                 with head_masks(model, {i: mask}):
-                    loss, acc = _loss_and_accuracy(model, ids, ab_labels)
+                    loss, acc = _loss_and_accuracy(model, stream, inputs, i, ab_labels)
                 rows.append({"head": g, "delta_loss": loss - base_loss, "delta_accuracy": acc - base_acc})
             out["ablation"]["layers"][i] = rows
     return out

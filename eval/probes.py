@@ -179,7 +179,10 @@ def probe_batch(config: dict | None, vocab: int, batch: int, seq_len: int | None
     if config is None or "data" not in config:
         n = seq_len or 512
         return torch.randint(0, vocab, (batch, n), generator=torch.Generator().manual_seed(0)), None
-    dm = instantiate(config["data"])
+    data = dict(config["data"])
+    if seq_len is not None and "seq_len" in data:
+        data["seq_len"] = seq_len  # text: windows of the asked length
+    dm = instantiate(data)
     dm.setup("validate")
     loader = dm.val_dataloader()
     loader = loader[0] if isinstance(loader, list) else loader

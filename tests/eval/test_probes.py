@@ -165,6 +165,24 @@ def test_a_hand_built_induction_circuit_scores_high_and_random_weights_low():
     assert max(P.induction_score(P.row_weights(a), src).max().item() for a in maps.values()) <= 0.1
 
 
+def test_head_ablation_resumes_the_forward_at_the_masked_layer_and_matches_masking_the_whole_model():
+    from arch.probe import head_masks
+
+    model = _lm(n_layers=3)
+    ids = torch.randint(0, 50, (2, 20))
+    labels = torch.cat([ids[:, 1:], torch.full((2, 1), -100)], 1)
+    result = P.probe_model(model, ids, None, ["ablation"])
+    logits = model(ids)[:, :-1]
+    full = torch.nn.functional.cross_entropy(logits.reshape(-1, 50), labels[:, :-1].reshape(-1))
+    assert result["ablation"]["loss"] == pytest.approx(full.item(), rel=1e-12)
+    mask = torch.ones(2, dtype=torch.float64)
+    mask[1] = 0
+    with head_masks(model, {2: mask}):
+        masked = torch.nn.functional.cross_entropy(model(ids)[:, :-1].reshape(-1, 50), labels[:, :-1].reshape(-1))
+    row = result["ablation"]["layers"][2][1]
+    assert row["head"] == 1 and row["delta_loss"] == pytest.approx(masked.item() - full.item(), rel=1e-9, abs=1e-12)
+
+
 def test_effective_rank_of_known_spectra():
     assert P.effective_rank(torch.eye(6, dtype=torch.float64)) == pytest.approx(6.0)
     assert P.effective_rank(torch.ones(5, 4, dtype=torch.float64)) == pytest.approx(1.0)
