@@ -185,13 +185,17 @@ def copy_sources(ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return torch.where(match.any(-1), (match * s).amax(-1), torch.full_like(ids, -1))
 
 
-def retrieval_score(a: torch.Tensor, sources: torch.Tensor) -> tuple[torch.Tensor, int]:
+def retrieval_score(a: torch.Tensor, sources: torch.Tensor, copied: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
     """Retrieval-head score ("Retrieval Head Mechanistically Explains Long-Context Factuality", Wu et
-    al. 2024, top-1 form): per head, the fraction of queries with a copy source whose most-attended
-    token is that source [G]; and the number of such queries."""
+    al. 2024): per head, the fraction of queries with a copy source at which the head copy-pastes:
+    its most-attended token is that source and (with ``copied`` [B, T], whether the model's own
+    prediction at t is the label) the model outputs that token, as the paper counts a token
+    "copy-pasted" only when it is generated. Returns ([G], the number of queries with a source)."""
     has = sources >= 0
     top = a.abs().argmax(-1)  # [B, G, T]
     hit = (top == sources[:, None, :]) & has[:, None, :]
+    if copied is not None:
+        hit &= copied[:, None, :]
     n = int(has.sum())
     return hit.sum((0, 2)).double() / max(n, 1), n
 
@@ -335,9 +339,11 @@ def probe_model(model, ids: torch.Tensor, labels: torch.Tensor | None, probes=PR
     sources = None
     if "retrieval" in probes:
         r_ids, r_labels = (ids, labels) if labels is not None else needle_batch(ids, vocab)
-        r_inputs = capture(model, r_ids)[0] if labels is None else inputs
+        r_inputs, r_stream = capture(model, r_ids) if labels is None else (inputs, stream)
         sources = copy_sources(r_ids, r_labels)
+        copied = model.head(model.norm(r_stream[-1])).argmax(-1) == r_labels  # the model outputs the label
         out["retrieval_queries"] = int((sources >= 0).sum())
+        out["retrieval_model_accuracy"] = float(copied[sources >= 0].double().mean()) if out["retrieval_queries"] else 0.0
     if "induction" in probes:
         i_ids, i_labels = induction_batch(b, n, vocab)
         i_inputs, i_sources = capture(model, i_ids)[0], copy_sources(i_ids, i_labels)
@@ -360,11 +366,13 @@ def probe_model(model, ids: torch.Tensor, labels: torch.Tensor | None, probes=PR
                     h, hn = entropy(w)
                     add("entropy", h, k), add("entropy_normalised", hn, k)
         if "retrieval" in probes:
-            hits = 0
+            hits, attended = 0, 0
             for sl, a in _layer_maps(model, r_inputs, i, chunk):
-                score, count = retrieval_score(a, sources[sl])
+                score, count = retrieval_score(a, sources[sl], copied[sl])
                 hits = hits + score * count
+                attended = attended + retrieval_score(a, sources[sl])[0] * count
             row["retrieval"] = (hits / max(out["retrieval_queries"], 1)).tolist()
+            row["retrieval_top1"] = (attended / max(out["retrieval_queries"], 1)).tolist()
         if "induction" in probes:
             total, count = 0, int((i_sources >= 0).sum())
             for sl, a in _layer_maps(model, i_inputs, i, chunk):

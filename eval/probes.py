@@ -60,7 +60,7 @@ def markdown(result: dict) -> str:
     ]
     keys = [
         k
-        for k in ("sink_mass", "sink_ratio", "hidden_sink_share", "entropy_normalised", "retrieval", "induction")
+        for k in ("sink_mass", "sink_ratio", "hidden_sink_share", "entropy_normalised", "retrieval", "retrieval_top1", "induction")
         if any(k in r for r in result["layers"].values())
     ]
     if keys:

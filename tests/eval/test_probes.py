@@ -159,6 +159,11 @@ def test_a_hand_built_induction_circuit_scores_high_and_random_weights_low():
     maps = attention_maps(model, ids)
     assert P.induction_score(P.row_weights(maps[1]), src)[0] >= 0.99
     assert P.retrieval_score(maps[1], src)[0][0] == 1.0
+    # a copy counts only where the model outputs the copied token (Wu et al. 2024)
+    copied = torch.zeros_like(ids, dtype=torch.bool)
+    copied[:, 40:] = True
+    share = (src[:, 40:] >= 0).sum() / (src >= 0).sum()
+    assert P.retrieval_score(maps[1], src, copied)[0][0].item() == pytest.approx(share.item())
     torch.manual_seed(0)
     model.reset_parameters()
     maps = attention_maps(model, ids)
