@@ -7,6 +7,10 @@
     state_size(seq_len) -> int                                     numbers a decode holds per sequence
                                                                    after seq_len tokens (a KV cache grows with it)
 
+The sequence mixers but BaseConv, ZoologyBaseConv and MoA also follow the probe contract of `arch.probe`
+(``attention_matrix``, ``pre_projection``, ``head_mask``): their attention probabilities or implicit
+attention matrix, for `eval.probes` (which lists the layers it cannot probe).
+
 Channel mixers (MLPs, MoE) map [B, T, d_model] to the same shape and are position-wise. Each
 block's output projection back into the residual stream is named ``out_proj``: the language
 model scales its initialisation by 1/sqrt(number of residual branches).
