@@ -6,8 +6,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from arch.config import instantiate, locate
-from tests.helpers.properties import assert_causal, assert_decode_matches_forward
+from arch.config import locate
+from tests.helpers.properties import assert_causal, assert_decode_matches_forward, build_block
 from training.compose import CONF_DIR
 
 CONF = CONF_DIR / "block"
@@ -23,11 +23,7 @@ CHANNEL_MIXERS = sorted(p.stem for p in CONF.glob("*.yaml") if p.stem not in MIX
 
 
 def build(name: str, layer_idx: int = 1) -> torch.nn.Module:
-    torch.manual_seed(0)
-    block = instantiate(_spec(name), f"block.{name}", d_model=D_MODEL, layer_idx=layer_idx).double()
-    for p in block.parameters():  # a blocks' zero-initialised parts would hide bugs: perturb everything
-        p.data.add_(0.05 * torch.randn_like(p))
-    return block.eval()
+    return build_block(name, D_MODEL, layer_idx)
 
 
 def test_the_zoo_has_mixers():

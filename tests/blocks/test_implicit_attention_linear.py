@@ -5,21 +5,18 @@ the head mask scales the heads of o in forward and step alike."""
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from arch.blocks.gla import GLA
 from arch.blocks.hgrn2 import HGRN2
 from arch.blocks.retnet import RetNet
 from arch.blocks.rwkv6 import RWKV6TimeMix
 from arch.blocks.rwkv7 import RWKV7TimeMix
-from arch.config import instantiate
 from arch.ops.gla import gated_linear_attention_naive
 from arch.ops.implicit import decayed_dot_product, diagonal_plus_low_rank, segment_sum
 from arch.ops.rwkv6 import rwkv6_naive
 from arch.ops.rwkv7 import rwkv7_naive
 from arch.probe import mix
-from tests.helpers.properties import decode
-from training.compose import CONF_DIR
+from tests.helpers.properties import build_block, decode
 
 D_MODEL, T = 64, 32
 
@@ -43,12 +40,7 @@ def build(variant: str) -> torch.nn.Module:
     """The block config conf/block/<name>.yaml (with the variant's overrides), float64, every parameter
     perturbed as tests/blocks/test_contract.py does (zero-initialised parts would hide bugs)."""
     name, overrides = VARIANTS[variant]
-    spec = {**OmegaConf.to_container(OmegaConf.load(CONF_DIR / "block" / f"{name}.yaml"), resolve=True), **overrides}
-    torch.manual_seed(0)
-    block = instantiate(spec, f"block.{name}", d_model=D_MODEL, layer_idx=1).double()
-    for p in block.parameters():
-        p.data.add_(0.05 * torch.randn_like(p))
-    return block.eval()
+    return build_block(name, D_MODEL, **overrides)
 
 
 def inputs(seed: int = 1, length: int = T) -> torch.Tensor:

@@ -5,13 +5,10 @@ causal, and the head mask scales the groups of o in forward and step alike."""
 import pytest
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 
 from arch.blocks.h3 import H3
-from arch.config import instantiate
 from arch.probe import mix
-from tests.helpers.properties import decode
-from training.compose import CONF_DIR
+from tests.helpers.properties import build_block, decode, perturbed
 
 D_MODEL, T = 64, 32
 
@@ -19,15 +16,10 @@ D_MODEL, T = 64, 32
 def build(name: str) -> torch.nn.Module:
     """As tests/blocks/test_contract.py builds a block (conf/block/<name>.yaml, float64, every parameter
     perturbed), on the PyTorch backend; "h3_heads" is H3 with heads of 4 channels (P = 4)."""
-    torch.manual_seed(0)
     if name == "h3_heads":
-        block = H3(D_MODEL, layer_idx=1, head_dim=4, d_state=16, backend="torch").double()
-    else:
-        spec = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "block" / f"{name}.yaml"), resolve=True)
-        block = instantiate(spec, f"block.{name}", d_model=D_MODEL, layer_idx=1, backend="torch").double()
-    for p in block.parameters():
-        p.data.add_(0.05 * torch.randn_like(p))
-    return block.eval()
+        torch.manual_seed(0)
+        return perturbed(H3(D_MODEL, layer_idx=1, head_dim=4, d_state=16, backend="torch").double())
+    return build_block(name, D_MODEL, backend="torch")
 
 
 def post(block, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:

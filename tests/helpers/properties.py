@@ -5,6 +5,26 @@ from __future__ import annotations
 import torch
 
 
+def perturbed(block: torch.nn.Module) -> torch.nn.Module:
+    """``block`` with 0.05 * randn added to every parameter (zero-initialised parts would hide bugs), in
+    eval mode."""
+    for p in block.parameters():
+        p.data.add_(0.05 * torch.randn_like(p))
+    return block.eval()
+
+
+def build_block(name: str, d_model: int, layer_idx: int = 1, **overrides) -> torch.nn.Module:
+    """The block config conf/block/<name>.yaml with ``overrides``, in float64, seed 0, `perturbed`."""
+    from omegaconf import OmegaConf
+
+    from arch.config import instantiate
+    from training.compose import CONF_DIR
+
+    spec = {**OmegaConf.to_container(OmegaConf.load(CONF_DIR / "block" / f"{name}.yaml"), resolve=True), **overrides}
+    torch.manual_seed(0)
+    return perturbed(instantiate(spec, f"block.{name}", d_model=d_model, layer_idx=layer_idx).double())
+
+
 def state_numel(state) -> int:
     """Numbers held in a decode state (all tensors in a nested dict/list/tuple)."""
     if isinstance(state, torch.Tensor):
