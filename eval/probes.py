@@ -176,6 +176,8 @@ def probe_batch(config: dict | None, vocab: int, batch: int, seq_len: int | None
     """The run's own evaluation data: MQAR test examples (with their labels), or validation text."""
     from hydra.utils import instantiate
 
+    from training.callbacks import probe_examples
+
     if config is None or "data" not in config:
         n = seq_len or 512
         return torch.randint(0, vocab, (batch, n), generator=torch.Generator().manual_seed(0)), None
@@ -184,15 +186,7 @@ def probe_batch(config: dict | None, vocab: int, batch: int, seq_len: int | None
         data["seq_len"] = seq_len  # text: windows of the asked length
     dm = instantiate(data)
     dm.setup("validate")
-    loader = dm.val_dataloader()
-    loader = loader[0] if isinstance(loader, list) else loader
-    rows = []
-    for b in loader:
-        rows.append(b)
-        if sum(r["input_ids"].shape[0] for r in rows) >= batch:
-            break
-    ids = torch.cat([r["input_ids"] for r in rows])[:batch]
-    labels = torch.cat([r["labels"] for r in rows])[:batch] if "labels" in rows[0] and (rows[0]["labels"] == IGNORE).any() else None
+    ids, labels = probe_examples(dm.val_dataloader(), batch)
     if seq_len is not None and labels is None:
         ids = ids[:, :seq_len]
     return ids, labels

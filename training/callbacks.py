@@ -194,6 +194,21 @@ class Progress(pl.Callback):
         self.on_train_end(trainer, pl_module)
 
 
+def probe_examples(loader, batch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The first ``batch`` examples of a validation loader (the first one of a list): token ids and,
+    where some positions are unlabelled (-100, MQAR's queries), their labels; None for text, whose
+    next-token labels the probes make themselves."""
+    loader = loader[0] if isinstance(loader, (list, tuple)) else loader
+    rows = []
+    for b in loader:
+        rows.append(b)
+        if sum(r["input_ids"].shape[0] for r in rows) >= batch:
+            break
+    ids = torch.cat([r["input_ids"] for r in rows])[:batch]
+    labels = torch.cat([r["labels"] for r in rows])[:batch] if "labels" in rows[0] else None
+    return ids, labels if labels is not None and (labels == -100).any() else None
+
+
 class Probes(pl.Callback):
     """Probe scalars (`eval.probes`) logged to TensorBoard under ``probe/<metric>/layer<i>`` every
     ``every_n_steps`` optimizer steps (and before the first), on a fixed probe batch: the first
@@ -229,16 +244,7 @@ class Probes(pl.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         self._start = time.perf_counter()
         loader = trainer.datamodule.val_dataloader() if trainer.datamodule is not None else trainer.val_dataloaders
-        loader = loader[0] if isinstance(loader, (list, tuple)) else loader
-        rows = []
-        for b in loader:
-            rows.append(b)
-            if sum(r["input_ids"].shape[0] for r in rows) >= self.batch:
-                break
-        ids = torch.cat([r["input_ids"] for r in rows])[: self.batch]
-        labels = torch.cat([r["labels"] for r in rows])[: self.batch] if "labels" in rows[0] else None
-        if labels is not None and not (labels == -100).any():
-            labels = None  # next-token labels of text: the probes make their own
+        ids, labels = probe_examples(loader, self.batch)
         if self.seq_len is not None:
             ids = ids[:, : self.seq_len]
             labels = None if labels is None else labels[:, : self.seq_len]
