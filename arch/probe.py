@@ -110,12 +110,12 @@ def capture(model: nn.Module, input_ids: torch.Tensor) -> tuple[Captured, torch.
     return inputs, torch.stack(stream)
 
 
-def matrix_of(model: nn.Module, inputs: Captured, i: int, examples: slice = slice(None)) -> torch.Tensor:
-    """Layer i's attention matrix A [b, G, T, T] for the chosen examples of a `capture`."""
+def matrix_of(model: nn.Module, inputs: Captured, i: int, examples: slice = slice(None), tokens: slice = slice(None)) -> torch.Tensor:
+    """Layer i's attention matrix A [b, G, T, T] for the chosen examples (and leading tokens) of a `capture`."""
     mixer, shared = model.layers[i].mixer, inputs.shared[i]
     if not probeable(mixer):
         raise ProbeError(f"layer {i}'s mixer ({type(mixer).__name__}) has no attention_matrix: it cannot be probed")
-    x = inputs[i][examples]
+    x = inputs[i][examples, tokens]
     return (mixer.attention_matrix(x) if shared is None else mixer.attention_matrix(x, shared=shared))[0]
 
 
@@ -280,10 +280,15 @@ def needle_batch(ids: torch.Tensor, vocab: int, needle: int = 16, seed: int = 0)
 # ---------------------------------------------------------------- a whole pass
 
 
+def _groups(model, inputs: Captured, i: int) -> int:
+    """G of layer i's attention matrix, from a two-token prefix of one example."""
+    return matrix_of(model, inputs, i, slice(0, 1), slice(0, 2)).shape[1]
+
+
 def _chunks(model, inputs: Captured, i: int, budget_bytes: float = 2.5e8) -> int:
     """Examples per attention_matrix call so that one [b, G, T, T] float64 copy stays near the budget
     (a channel-wise block has hundreds of groups)."""
-    groups = matrix_of(model, inputs, i, slice(0, 1)).shape[1]
+    groups = _groups(model, inputs, i)
     per = 8 * inputs[i].shape[1] ** 2 * groups
     return max(1, min(inputs[i].shape[0], int(budget_bytes // per)))
 
@@ -393,7 +398,7 @@ def probe_model(model, ids: torch.Tensor, labels: torch.Tensor | None, probes=PR
         base_loss, base_acc = _loss_and_accuracy(model, stream, inputs, 0, ab_labels)
         out["ablation"] = {"loss": base_loss, "accuracy": base_acc, "layers": {}}
         for i in layers:
-            groups = matrix_of(model, inputs, i, slice(0, 1)).shape[1]
+            groups = _groups(model, inputs, i)
             # a channel-wise block has hundreds of groups: ablate the whole mixer instead of each channel
             masks = [("all", torch.zeros(groups, dtype=torch.float64))] if groups > MAX_ABLATED_GROUPS else []
             for g in range(groups if not masks else 0):
