@@ -9,6 +9,8 @@ Importing this module registers, once per process:
   ``optim.lr: ${div:0.192,${model.d_model}}`` (3e-3 at d_model 64, 1.5e-3 at 128);
 - ``${slice_len:L128_K8}`` = 128, the sequence length of an MQAR slice name, for sizes that follow
   a grid cell's L (``l_max: ${slice_len:${data.slice}}``, as Zoology sets filter lengths to L);
+- ``${gt:a,b}`` = a > b, for settings that hold in part of a grid only
+  (``skip: ${gt:${slice_len:${data.slice}},128}`` leaves out the cells with L above 128);
 - the config nodes whose defaults live in code (written once, there): ``schema/model``
   (`arch.lm.ModelConfig`), ``schema/optim``, ``schema/schedule`` and ``debug/default``
   (`training.config`), which presets extend (``defaults: [/schema@_here_: model]``), and one
@@ -42,6 +44,7 @@ RUN_UID = uuid.uuid4().hex[:6]
 OmegaConf.register_new_resolver("uid", lambda: RUN_UID, replace=True)
 OmegaConf.register_new_resolver("div", lambda a, b: float(a) / float(b), replace=True)
 OmegaConf.register_new_resolver("slice_len", lambda name: parse_slice(name)[0], replace=True)
+OmegaConf.register_new_resolver("gt", lambda a, b: float(a) > float(b), replace=True)
 
 _store = ConfigStore.instance()
 for _group, _name, _schema in (

@@ -88,6 +88,7 @@ class RunConfig:
     budget_flops: float | None = bounded(None, gt=0)  # training FLOPs of the run; when set, it decides trainer.max_steps
     init_from: str | None = None  # a checkpoint whose model weights start the run (fresh optimizer and schedule)
     compile: Literal["auto", "none", "model", "layers"] = "auto"  # torch.compile; auto: layers on CUDA, none on CPU
+    skip: bool = False  # a grid cell its experiment leaves out: validated, then nothing is trained or written (train.run)
 
 
 # What the framework passes to components itself: never set in their configs.

@@ -54,6 +54,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
     """Validate ``cfg``, build data, model and trainer, train, and return the final metrics."""
     checked = validate(resolve(cfg), run_dir)
     run, values, datamodule = checked.config, checked.values, checked.datamodule
+    if run.skip:  # a cell its experiment leaves out (e.g. an arm that only runs at some L)
+        print(f"Run {run_dir} skipped: its config sets skip=true; nothing is trained or written.", flush=True)
+        return {}
     finished = finished_metrics(run_dir, run.trainer.get("max_steps"), run.budget_flops)
     if finished is not None:  # a grid re-run skips the cells that are already done
         print(f"Run {run_dir} already finished {finished['steps']} steps; skipping (delete its metrics.json to retrain).")

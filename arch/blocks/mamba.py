@@ -40,7 +40,10 @@ class Mamba(nn.Module):
 
     Initialisation (paper, Sec. 3.6 and App. E): A_n = n for n = 1..N in every channel (S4D-real),
     D = 1, dt bias = softplus^-1(dt) with dt ~ logU[dt_min, dt_max], dt_proj weight ~ U(+-dt_rank^-1/2),
-    the depthwise conv as PyTorch's Conv1d (U(+-1/sqrt(d_conv))).
+    the depthwise conv as PyTorch's Conv1d (U(+-1/sqrt(d_conv))). ``init: zoology`` instead takes the
+    initialisation Zoology's language model applies to its Mamba layers (the Based Fig. 2 runs): every
+    Linear N(0, init_std) from the language model, every bias 0 (dt bias included: delta starts near
+    softplus(0) = 0.69), A and D as above.
 
     Probe (`arch.probe`): G = d_inner channels, v = u (after the conv and SiLU), Dv = 1, A = Mamba's hidden
     attention C_t (prod_{l=s+1..t} exp(delta_l A)) B_s delta_s plus D on the diagonal; o before the z gate.
@@ -62,9 +65,17 @@ class Mamba(nn.Module):
         dt_max: float = 1e-1,
         conv_bias: bool = True,
         bias: bool = False,
+        init: Literal["mamba_ssm", "zoology"] = "mamba_ssm",
         backend: str = "auto",
     ):
         super().__init__()
+        if init not in ("mamba_ssm", "zoology"):
+            raise ValueError(f"Mamba init must be 'mamba_ssm' or 'zoology', got {init!r}")
+        # zoology: the initialisation Zoology's language model gives its Mamba layers (Based Fig. 2),
+        # whose `_init_weights` redraws every Linear as N(0, init_std) and zeroes every bias, the dt
+        # bias included (delta starts at softplus(0) = 0.69 instead of logU[dt_min, dt_max])
+        self.init = init
+        self.default_linear_init = init == "mamba_ssm"
         self.d_inner = int(expand * d_model)
         self.d_state, self.d_conv, self.backend = d_state, d_conv, backend
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else dt_rank
@@ -86,6 +97,9 @@ class Mamba(nn.Module):
         init_depthwise_conv_(self.conv_weight, self.conv_bias)
         self.A_log.copy_(s4d_real_log_A(self.d_inner, self.d_state))
         self.D.fill_(1.0)
+        if self.init == "zoology":  # dt_proj keeps the language model's N(0, init_std) weight
+            self.dt_proj.bias.zero_()
+            return
         nn.init.uniform_(self.dt_proj.weight, -self.dt_rank**-0.5, self.dt_rank**-0.5)
         self.dt_proj.bias.copy_(dt_bias(self.d_inner, self.dt_min, self.dt_max))
 

@@ -19,6 +19,28 @@ def test_mamba_dt_bias_gives_softplus_dt_in_log_uniform_range():
     assert abs(dt.log().median().item() - math.log(1e-2)) < 0.6
 
 
+def test_mamba_init_in_a_language_model_follows_mamba_ssm_by_default_and_zoology_on_request():
+    from arch.lm import LanguageModel
+
+    def lm(init):
+        torch.manual_seed(0)
+        return LanguageModel.from_config(
+            {"d_model": 128, "n_layers": 2, "layers": ["mamba"], "mlp": None, "vocab_size": 64, "init_std": 0.02,
+             "blocks": {"mamba": {"_target_": "arch.blocks.mamba.Mamba", "init": init}}}
+        )
+
+    ref, zoo = lm("mamba_ssm").layers[0].mixer, lm("zoology").layers[0].mixer
+    # mamba_ssm: PyTorch's default Linear init, U(+-1/sqrt(fan_in)) (std 1/sqrt(3 fan_in)), dt bias for dt in [1e-3, 0.1]
+    assert abs(ref.in_proj.weight.std().item() - (3 * 128) ** -0.5) < 2e-3
+    assert F.softplus(ref.dt_proj.bias).max() <= 0.1 * (1 + 1e-5)
+    # zoology: every Linear N(0, init_std), every bias zero, so delta starts at softplus(0 + small) ~ 0.69
+    for linear in (zoo.in_proj, zoo.x_proj, zoo.dt_proj):
+        assert abs(linear.weight.std().item() - 0.02) < 2e-3
+    assert torch.count_nonzero(zoo.dt_proj.bias) == 0
+    torch.testing.assert_close(zoo.A_log, ref.A_log)
+    torch.testing.assert_close(zoo.D, ref.D)
+
+
 def test_mamba_A_is_s4d_real_and_dt_rank_auto_is_ceil_d_over_16():
     block = Mamba(40, d_state=4)
     torch.testing.assert_close(-torch.exp(block.A_log), -torch.arange(1.0, 5.0).expand(80, 4))

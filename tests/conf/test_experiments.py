@@ -108,6 +108,22 @@ def test_the_swept_arms_apply_after_the_experiment():
     assert (cfg.optim.lr, cfg.data.batch_tokens, cfg.data.batch_size) == (0.192 / 128, 16384, 64)
 
 
+def test_the_second_attention_recipe_runs_only_where_its_batch_differs_from_the_first():
+    skips = {}
+    for arm in sorted(p.stem for p in (Path(CONF) / "zoology_arm").glob("*.yaml")):
+        for cell in ("L64_K4", "L128_K8", "L256_K16"):
+            skips[arm, cell] = compose_hydra(["experiment=zoology_fig2_cpu", f"zoology_arm={arm}", f"data.slice={cell}"]).skip
+    assert {key for key, skip in skips.items() if skip} == {("attention_16k", "L256_K16")}
+
+
+def test_the_cpu_mqar_grids_run_single_threaded_cells_side_by_side_unless_the_command_line_says_otherwise():
+    for name in ("zoology_fig2_cpu", "based_tradeoff_cpu"):
+        launcher = compose_hydra([f"experiment={name}"]).hydra.launcher
+        assert launcher._target_.endswith("JoblibLauncher") and launcher.n_jobs == -1
+        assert compose_hydra([f"experiment={name}", "hydra/launcher=slurm"]).hydra.launcher._target_.endswith("SlurmLauncher")
+    assert compose_hydra(["experiment=zoology_fig2"]).hydra.launcher._target_.endswith("BasicLauncher")
+
+
 @pytest.mark.parametrize("name", sorted(GRIDS))
 def test_every_grid_runs_where_eval_mqar_and_the_readme_find_it(name, composed):
     from eval.mqar import grid_root

@@ -50,6 +50,27 @@ def test_tiny_grid_runs_reports_and_skips_finished_cells(tmp_path, monkeypatch):
     assert [(r / "metrics.json").stat().st_mtime_ns for r in runs] == stamps
 
 
+@pytest.mark.slow
+def test_cells_run_side_by_side_and_a_skipped_cell_trains_and_writes_nothing(tmp_path, monkeypatch):
+    """hydra/launcher=cores (two single-threaded worker processes here) and `skip` set per cell by a resolver."""
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "grid"
+    overrides = TINY_GRID + [
+        "hydra/launcher=cores",
+        "skip='${gt:${optim.lr},0.005}'",
+        f"hydra.sweep.dir={root}",
+        "hydra.sweep.subdir=${hydra.job.override_dirname}",
+        f"paths.cache={tmp_path / 'cache'}",
+    ]
+    mqar.main(overrides + ["--out", str(tmp_path / "report")])
+    cells = {str(d.parent).split("optim.lr=")[1].split(",")[0]: d.parent for d in root.rglob("run.log")}  # the cells Hydra started
+    assert set(cells) == {"0.001", "0.01"}
+    assert (cells["0.001"] / "metrics.json").exists()
+    assert not [p.name for p in cells["0.01"].iterdir() if p.name in ("config.yaml", "metrics.json", "checkpoints", "tensorboard")]
+    rows = list(csv.DictReader(open(tmp_path / "report" / "mqar.csv")))
+    assert {float(r["lr"]) for r in rows} == {1e-3}
+
+
 def test_best_learning_rate_is_kept_per_cell():
     rows = [
         {"model": "a", "d_model": 64, "seq_len": 64, "kv_pairs": 4, "lr": 1e-3, "accuracy": 0.5},
