@@ -1,6 +1,6 @@
 """Training throughput of the framework against a bare PyTorch loop, in one process:
 
-    python -m eval.bench train [train.py overrides] [--steps 175] [--warmup 20]
+    python -m eval.bench train [train.py overrides] [--steps 175] [--warmup 20] [--profile N]
 
 (a) the framework: `training.run.train` on the composed config (LightningModule, Trainer, loggers and
 callbacks as a real run; checkpoints and validation pushed past the timed steps), with a timer
@@ -80,7 +80,17 @@ def bench_precision(values: dict, device: torch.device) -> str:
     return str(values["trainer"].get("precision") or ("bf16-mixed" if device.type == "cuda" else "32-true"))
 
 
-def bare_loop(values: dict, datamodule, steps: int, device: torch.device) -> tuple[list[float], torch.nn.Module]:
+def top_costs(prof, device: torch.device, n: int = 3) -> list[tuple[str, float, float]]:
+    """The ``n`` operators with the most self time (device time on CUDA) in a finished
+    `torch.profiler.profile`: (name, total self milliseconds, share of all operators' self time)."""
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = [e for e in prof.key_averages() if getattr(e, key) > 0]
+    total = sum(getattr(e, key) for e in events) or 1.0
+    events.sort(key=lambda e: getattr(e, key), reverse=True)
+    return [(e.key, getattr(e, key) / 1e3, getattr(e, key) / total) for e in events[:n]]
+
+
+def bare_loop(values: dict, datamodule, steps: int, device: torch.device, profile: int = 0):
     from training.task import LMTask
 
     pl.seed_everything(values["seed"], workers=True, verbose=False)
@@ -93,7 +103,12 @@ def bare_loop(values: dict, datamodule, steps: int, device: torch.device) -> tup
     datamodule.setup("fit")
     times, bf16 = [], bench_precision(values, device) == "bf16-mixed"
     batches = iter(datamodule.train_dataloader())
-    for _ in range(steps):
+    prof = None
+    for i in range(steps + profile):
+        if i == steps:  # the profiled steps come after the timed ones, so they do not move the timings
+            activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
+            prof = torch.profiler.profile(activities=activities)
+            prof.__enter__()
         batch = next(batches)
         ids, labels = batch["input_ids"].to(device), batch["labels"].to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -107,7 +122,9 @@ def bare_loop(values: dict, datamodule, steps: int, device: torch.device) -> tup
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times.append(time.perf_counter())
-    return times, model
+    if prof is not None:
+        prof.__exit__(None, None, None)
+    return times[:steps], model, (top_costs(prof, device) if prof is not None else None)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -126,6 +143,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=175)
     parser.add_argument("--warmup", type=int, default=20, help="steps left out of the median (warm-up, compilation)")
     parser.add_argument("--bare-first", action="store_true", help="run the bare loop before the framework")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="after the bare loop's timed steps, profile N more and print its three costliest operators")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     overrides = DEFAULT + args.overrides
     timed = [
@@ -150,8 +169,9 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         def bare():
             datamodule = validate(resolve(cfg), Path(tmp) / "bare").datamodule
-            times, model = bare_loop(values, datamodule, args.steps, device)
+            times, model, costs = bare_loop(values, datamodule, args.steps, device, profile=args.profile)
             results["bare"] = (times, _peak_memory_mib(device))
+            results["costs"] = costs
             results["flops_per_token"] = training_flops_per_token(model, seq_len)  # the same model on both sides
 
         for side in (bare, framework) if args.bare_first else (framework, bare):
@@ -168,3 +188,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         mfu = tps[side] * results["flops_per_token"] / peak if peak else float("nan")
         print(f"| {side} | {tps[side]:,.0f} | {1e3 * step:.1f} | {memory:,.0f} | {100 * mfu:.1f}% |")
     print(f"\nframework/bare: {tps['framework'] / tps['bare']:.2f}x")
+    if results.get("costs"):
+        print(f"\nTop operators by self time over {args.profile} profiled bare steps:\n")
+        print("| operator | ms per step | share of self time |\n| --- | ---: | ---: |")
+        for name, ms, share in results["costs"]:
+            print(f"| {name} | {ms / args.profile:.1f} | {100 * share:.1f}% |")

@@ -1,5 +1,5 @@
 """python -m eval.bench train on a tiny model: both loops train the same steps and the table and the
-framework/bare ratio come out finite and positive."""
+framework/bare ratio come out finite and positive; --profile prints the costliest operators."""
 
 import re
 
@@ -22,6 +22,8 @@ def test_train_bench_times_both_loops_and_prints_their_ratio(capsys, tmp_path, m
             "8",
             "--warmup",
             "2",
+            "--profile",
+            "2",
         ]
     )
     out = capsys.readouterr().out
@@ -32,3 +34,8 @@ def test_train_bench_times_both_loops_and_prints_their_ratio(capsys, tmp_path, m
     assert set(rows) == {"framework", "bare"} and all(v > 0 for row in rows.values() for v in row)
     ratio = float(re.search(r"framework/bare: ([\d.]+)x", out).group(1))
     assert abs(ratio - rows["framework"][0] / rows["bare"][0]) < 0.01
+    # --profile: the three costliest operators of two more bare steps, shares of all self time in (0, 100]
+    costs = re.findall(r"\| ([^|]+?) \| ([\d.]+) \| ([\d.]+)% \|", out.split("Top operators")[1])
+    assert len(costs) == 3 and all(float(ms) > 0 and 0 < float(share) <= 100 for _, ms, share in costs)
+    shares = [float(share) for _, _, share in costs]
+    assert shares == sorted(shares, reverse=True)
