@@ -29,19 +29,36 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_h = torch.empty_like(h) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
         total = torch.zeros((), dtype=acc, device=h.device)
+        # one logits buffer for every chunk, softmax and its gradient formed in place in it: no fresh
+        # [chunk, V] temporaries per chunk, so the speed does not hang on the allocator's reuse of them
+        buf = torch.empty((min(chunk_size, n), weight.shape[0]), dtype=acc, device=h.device)
+        same = h.dtype == acc and weight.dtype == acc
         for start in range(0, n, chunk_size):
             hc, yc = h[start : start + chunk_size], labels[start : start + chunk_size]
-            logits = (hc @ weight.T).to(acc)
-            lse = torch.logsumexp(logits, dim=-1)
-            total += (lse - logits.gather(1, yc[:, None]).squeeze(1)).sum()
+            logits = buf[: hc.shape[0]]
+            if same:
+                torch.mm(hc, weight.T, out=logits)
+            else:
+                logits.copy_(hc @ weight.T)
+            target = logits.gather(1, yc[:, None]).squeeze(1)
+            top = logits.amax(dim=-1, keepdim=True)
+            expd = logits.sub_(top).exp_()  # exp(logit - max), in place
+            norm = expd.sum(dim=-1)
+            total += (top.squeeze(1) + norm.log() - target).sum()  # log-sum-exp minus the target logit
             if need_h or need_w:
-                grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
-                grad[torch.arange(len(yc), device=h.device), yc] -= 1
-                grad = grad.div_(n).to(h.dtype)
+                grad = expd.mul_((1.0 / (norm * n))[:, None])  # softmax / n
+                grad[torch.arange(len(yc), device=h.device), yc] -= 1.0 / n
+                grad = grad.to(h.dtype)
                 if need_h:
-                    grad_h[start : start + chunk_size] = grad @ weight
+                    if same:
+                        torch.mm(grad, weight, out=grad_h[start : start + chunk_size])
+                    else:
+                        grad_h[start : start + chunk_size] = grad @ weight
                 if need_w:
-                    grad_w += (grad.T @ hc).to(acc)
+                    if same:
+                        grad_w.addmm_(grad.T, hc)
+                    else:
+                        grad_w += (grad.T @ hc).to(acc)
         ctx.save_for_backward(grad_h, grad_w)
         ctx.dtypes = (h.dtype, weight.dtype)
         return total / n  # float32 at least, as the unfused loss over float32 logits
