@@ -25,7 +25,9 @@ timing the whole block forward and backward, parameter gradients included; a new
 picked up without code changes.
 
 Training: ``python -m eval.bench train [train.py overrides]`` times the framework's training loop
-against a bare PyTorch loop over the same model and batches (`eval.train_bench`).
+against a bare PyTorch loop over the same model and batches (`eval.train_bench`);
+``python -m eval.bench litgpt --litgpt-python ENV/bin/python`` times train.py against litgpt's
+``pretrain`` on the same model and tokens, eager and compiled (`eval.litgpt_side`).
 
 MoE against dense: ``python -m eval.bench moe [--tokens 4096] [--d-model 256] [--experts 8] [--top-k 2]``
 times one MoE layer (`arch.blocks.moe`, dropless, default options) forward and backward, parameter
@@ -343,6 +345,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         from eval.train_bench import main as train_main
 
         return train_main(argv[1:])
+    if argv[:1] == ["litgpt"]:
+        from eval.litgpt_side import main as litgpt_main
+
+        return litgpt_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m eval.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--T", type=int, nargs="+", default=[512, 2048, 8192], help="sequence lengths")
