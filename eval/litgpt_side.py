@@ -1,7 +1,7 @@
 """train.py side by side with litgpt's ``pretrain`` on the same model, tokens and batches:
 
     python -m eval.bench litgpt --litgpt-python ENV/bin/python [--steps 175] [--warmup 20]
-                                [--modes eager compiled] [--keep DIR] [train.py overrides]
+                                [--modes eager compiled] [--repeats R] [--keep DIR] [train.py overrides]
 
 litgpt lives in its own virtual environment (it pins its own Lightning and jsonargparse). On a CPU
 machine, install the CPU torch first so that litgpt does not pull a CUDA build:
@@ -27,7 +27,10 @@ Tokens/s is the median over steps ``warmup+1 .. steps`` of the wall time between
 litgpt's CSV log has the cumulative time after each step (taken after the loss is read back),
 train.py's a callback at each batch end (`eval.train_bench.StepTimer`), so data loading, the
 optimiser and logging count on both sides. MFU uses one FLOP count (`arch.flops`) and one peak
-(`training.peak`) for both. The table ends with ``train.py/litgpt`` per mode.
+(`training.peak`) for both. The table ends with ``train.py/litgpt`` per mode. ``--repeats R`` runs
+the whole sequence R times (the sides alternate), prints the median tokens/s per run and the median
+of the R pairs' ratios: on a machine whose speed drifts, one pair can be off by the drift (measured
+here: litgpt's eager throughput 14% apart in two runs an hour apart).
 """
 
 from __future__ import annotations
@@ -214,6 +217,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=175)
     parser.add_argument("--warmup", type=int, default=20, help="steps left out of the median (warm-up, compilation)")
     parser.add_argument("--modes", nargs="+", default=["eager", "compiled"], choices=["eager", "compiled"])
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="run everything this many times, alternating the sides; medians per run and of the pairs' ratios")
     parser.add_argument("--keep", metavar="DIR", help="work in DIR and keep the exports, logs and runs (default: a temporary folder)")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     if not Path(args.litgpt_python).exists():
@@ -230,18 +235,23 @@ def main(argv: Sequence[str] | None = None) -> None:
         seq_len, batch = values["data"]["seq_len"], values["data"]["batch_size"]
         flops = training_flops_per_token(model, seq_len)
         results = {}
-        for mode in args.modes:
-            results[("litgpt", mode)] = run_litgpt(args.litgpt_python, folder, mode, args.steps, seq_len * batch)
-            results[("train.py", mode)] = run_mixerlab(overrides, folder, mode, args.steps)
+        for _ in range(args.repeats):
+            for mode in args.modes:
+                results.setdefault(("litgpt", mode), []).append(run_litgpt(args.litgpt_python, folder, mode, args.steps, seq_len * batch))
+                results.setdefault(("train.py", mode), []).append(run_mixerlab(overrides, folder, mode, args.steps))
     peak = peak_flops(None, torch.device("cpu"), "32", OmegaConf.to_container(cfg.paths, resolve=True)["cache"])
     print(f"\n{' '.join(overrides)}: {args.steps} steps, median over steps {args.warmup + 1}-{args.steps}, T={seq_len}, batch {batch}\n")
     print("| run | mode | tokens/s | step ms | MFU |\n| --- | --- | ---: | ---: | ---: |")
     tps = {}
-    for (side, mode), times in results.items():
-        step = steady_step_s(times, args.warmup)
-        tps[side, mode] = seq_len * batch / step
-        mfu = tps[side, mode] * flops / peak if peak else float("nan")
-        print(f"| {side} | {mode} | {tps[side, mode]:,.0f} | {1e3 * step:.1f} | {100 * mfu:.1f}% |")
+    for (side, mode), runs in results.items():
+        tps[side, mode] = [seq_len * batch / steady_step_s(times, args.warmup) for times in runs]
+        median = statistics.median(tps[side, mode])
+        mfu = median * flops / peak if peak else float("nan")
+        print(f"| {side} | {mode} | {median:,.0f} | {1e3 * seq_len * batch / median:.1f} | {100 * mfu:.1f}% |")
     print()
     for mode in args.modes:
-        print(f"train.py/litgpt ({mode}): {tps['train.py', mode] / tps['litgpt', mode]:.2f}x")
+        ratios = [m / lit for m, lit in zip(tps["train.py", mode], tps["litgpt", mode])]
+        if args.repeats > 1:
+            print(f"{mode}, tokens/s per repeat: litgpt {', '.join(f'{t:,.0f}' for t in tps['litgpt', mode])}; "
+                  f"train.py {', '.join(f'{t:,.0f}' for t in tps['train.py', mode])}")
+        print(f"train.py/litgpt ({mode}): {statistics.median(ratios):.2f}x")

@@ -1,6 +1,6 @@
 """Training throughput of the framework against a bare PyTorch loop, in one process:
 
-    python -m eval.bench train [train.py overrides] [--steps 175] [--warmup 20] [--profile N]
+    python -m eval.bench train [train.py overrides] [--steps 175] [--warmup 20] [--profile N] [--repeats R]
 
 (a) the framework: `training.run.train` on the composed config (LightningModule, Trainer, loggers and
 callbacks as a real run; checkpoints and validation pushed past the timed steps), with a timer
@@ -11,7 +11,10 @@ loader, no trainer), gradient clipping as configured: ``loss.backward(); clip; s
 Printed per side: steady-state tokens/s (median over the steps after ``--warmup``), step time, peak
 memory (CUDA: max allocated; CPU: the process's peak resident set so far) and MFU against
 `training.peak` (FLOPs per token from `arch.flops`), then ``framework/bare: X.XXx`` (tokens/s).
-Compile time and warm-up are excluded by the warm-up window.
+Compile time and warm-up are excluded by the warm-up window. ``--repeats R`` runs the pair R times,
+alternating, and reports the median tokens/s per side and the median of the R pairs' ratios: a
+machine whose speed drifts (a shared VM: three bare runs in a row measured 2,799, 3,113 and 3,300
+tokens/s) biases a single pair by as much as the drift.
 
 Without overrides the model is issue #15's transformer: 4 layers, d_model 256, 4 heads, SwiGLU 672,
 a 4096-token BPE of the embedded corpus, T = 512, micro-batch 8, fp32, AdamW.
@@ -143,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=175)
     parser.add_argument("--warmup", type=int, default=20, help="steps left out of the median (warm-up, compilation)")
     parser.add_argument("--bare-first", action="store_true", help="run the bare loop before the framework")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="run the two loops this many times, alternating; the ratio is the median of the pairs' ratios")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="after the bare loop's timed steps, profile N more and print its three costliest operators")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
@@ -162,32 +167,41 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         device = bench_device(values)
 
-        def framework():
-            run_dir = Path(tmp) / "framework"
+        def framework(r: int):
+            run_dir = Path(tmp) / f"framework{r}"
             train(cfg, run_dir)
-            results["framework"] = (json.loads((run_dir / "step_times.json").read_text()), _peak_memory_mib(device))
+            results.setdefault("framework", []).append((json.loads((run_dir / "step_times.json").read_text()), _peak_memory_mib(device)))
 
-        def bare():
-            datamodule = validate(resolve(cfg), Path(tmp) / "bare").datamodule
-            times, model, costs = bare_loop(values, datamodule, args.steps, device, profile=args.profile)
-            results["bare"] = (times, _peak_memory_mib(device))
+        def bare(r: int):
+            datamodule = validate(resolve(cfg), Path(tmp) / f"bare{r}").datamodule
+            profile = args.profile if r == args.repeats - 1 else 0
+            times, model, costs = bare_loop(values, datamodule, args.steps, device, profile=profile)
+            results.setdefault("bare", []).append((times, _peak_memory_mib(device)))
             results["costs"] = costs
             results["flops_per_token"] = training_flops_per_token(model, seq_len)  # the same model on both sides
 
-        for side in (bare, framework) if args.bare_first else (framework, bare):
-            side()
+        if args.repeats < 1:
+            raise SystemExit(f"error: --repeats must be at least 1, got {args.repeats}.")
+        for r in range(args.repeats):
+            for side in (bare, framework) if args.bare_first else (framework, bare):
+                side(r)
     peak = peak_flops(None, device, bench_precision(values, device), OmegaConf.to_container(cfg.paths, resolve=True)["cache"])
     print(f"\n{' '.join(overrides)}: {args.steps} steps, median over steps {args.warmup + 1}-{args.steps}, "
           f"T={seq_len}, batch {batch}, {torch.get_num_threads()} threads\n")
     print("| loop | tokens/s | step ms | peak memory MiB | MFU |\n| --- | ---: | ---: | ---: | ---: |")
     tps = {}
     for side in ("framework", "bare"):
-        times, memory = results[side]
-        step = _steady(times, args.warmup)
-        tps[side] = seq_len * batch / step
-        mfu = tps[side] * results["flops_per_token"] / peak if peak else float("nan")
-        print(f"| {side} | {tps[side]:,.0f} | {1e3 * step:.1f} | {memory:,.0f} | {100 * mfu:.1f}% |")
-    print(f"\nframework/bare: {tps['framework'] / tps['bare']:.2f}x")
+        tps[side] = [seq_len * batch / _steady(times, args.warmup) for times, _ in results[side]]
+        median = statistics.median(tps[side])
+        mfu = median * results["flops_per_token"] / peak if peak else float("nan")
+        memory = max(m for _, m in results[side])
+        print(f"| {side} | {median:,.0f} | {1e3 * seq_len * batch / median:.1f} | {memory:,.0f} | {100 * mfu:.1f}% |")
+    ratios = [f / b for f, b in zip(tps["framework"], tps["bare"])]
+    if args.repeats > 1:
+        print(f"\ntokens/s per repeat: framework {', '.join(f'{t:,.0f}' for t in tps['framework'])}; "
+              f"bare {', '.join(f'{t:,.0f}' for t in tps['bare'])}; ratios {', '.join(f'{x:.2f}' for x in ratios)}")
+        print("(with repeats the rows show the median over repeats and the ratio the median of each pair's ratio)")
+    print(f"\nframework/bare: {statistics.median(ratios):.2f}x")
     if results.get("costs"):
         print(f"\nTop operators by self time over {args.profile} profiled bare steps:\n")
         print("| operator | ms per step | share of self time |\n| --- | ---: | ---: |")

@@ -81,8 +81,11 @@ def test_harness_runs_both_sides_and_prints_their_ratio(tmp_path, monkeypatch, c
         (out / "metrics.csv").write_text("iter,time\\n" + "\\n".join(rows) + "\\n")
         """))
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    main(["--litgpt-python", str(fake), "--steps", "6", "--warmup", "1", "--modes", "eager", "--keep", str(tmp_path / "work"), *TINY])
+    work = str(tmp_path / "work")
+    main(["--litgpt-python", str(fake), "--steps", "6", "--warmup", "1", "--modes", "eager", "--repeats", "2", "--keep", work, *TINY])
     out = capsys.readouterr().out
+    per_repeat = re.search(r"eager, tokens/s per repeat: litgpt ([\d,. ]+); train\.py ([\d,. ]+)", out)
+    assert per_repeat.group(1) == "32, 32" and len(per_repeat.group(2).split(", ")) == 2
     rows = {m[0]: float(m[1].replace(",", "")) for m in re.findall(r"\| (litgpt|train\.py) \| eager \| ([\d,]+) \|", out)}
     assert rows["litgpt"] == 32 * 2 / 2.0  # T x batch tokens every 2 s
     assert rows["train.py"] > 0
