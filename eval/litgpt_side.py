@@ -6,7 +6,7 @@
 litgpt lives in its own virtual environment (it pins its own Lightning and jsonargparse). On a CPU
 machine, install the CPU torch first so that litgpt does not pull a CUDA build:
 
-    python -m venv ENV && ENV/bin/pip install torch==2.13.0 && ENV/bin/pip install litgpt==0.5.13 requests
+    python -m venv ENV && ENV/bin/pip install torch==2.13.0 && ENV/bin/pip install litgpt==0.5.13 requests "jsonargparse[signatures]"
 
 Without overrides the model is issue #15's transformer (`eval.train_bench.DEFAULT`: 4 layers, d_model
 256, 4 heads, SwiGLU 672, tied embeddings, a 4096-token BPE of the embedded corpus, T 512, batch 8).
