@@ -49,15 +49,9 @@ from pathlib import Path
 
 import numpy as np
 
+from eval.train_bench import DEFAULT, steady_step_s, timed_overrides
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def steady_step_s(times: Sequence[float], warmup: int) -> float:
-    """Median seconds between consecutive steps after ``warmup`` steps (times: one per step, cumulative)."""
-    intervals = [b - a for a, b in zip(times[warmup:], times[warmup + 1 :])]
-    if not intervals:
-        raise SystemExit(f"error: a run logged {len(times)} steps, too few for a warm-up of {warmup}: raise --steps.")
-    return statistics.median(intervals)
 
 
 def litgpt_times(metrics_csv: Path) -> list[float]:
@@ -143,8 +137,8 @@ def pretrain_config(model_config: dict, values: dict, folder: Path) -> dict:
 
 
 def export(values: dict, datamodule, model, folder: Path) -> Path:
-    """Write the tokens, the tokenizer folder, litgpt's data module and ``pretrain.yaml`` into ``folder``."""
-    datamodule.setup("fit")
+    """Write the tokens of the set-up ``datamodule``, the tokenizer folder, litgpt's data module and
+    ``pretrain.yaml`` into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     np.save(folder / "train.npy", np.asarray(datamodule.train_windows.tokens, dtype=np.int64))
     np.save(folder / "val.npy", np.asarray(datamodule.val_windows.tokens, dtype=np.int64))
@@ -186,9 +180,7 @@ def run_litgpt(python: str, folder: Path, mode: str, steps: int, batch_tokens: i
 def run_mixerlab(overrides: Sequence[str], folder: Path, mode: str, steps: int) -> list[float]:
     runs = folder / f"mixerlab_{mode}"
     shutil.rmtree(runs, ignore_errors=True)
-    cmd = [sys.executable, str(ROOT / "train.py"), *overrides, f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}",
-           f"callbacks.checkpoint.every_n_steps={10 * steps}", "callbacks.progress=null",
-           "+callbacks.step_timer._target_=eval.train_bench.StepTimer", f"paths.runs={runs}",
+    cmd = [sys.executable, str(ROOT / "train.py"), *overrides, *timed_overrides(steps), f"paths.runs={runs}",
            "compile=none" if mode == "eager" else "compile=model"]
     log = folder / f"mixerlab_{mode}.log"
     with open(log, "w") as f:
@@ -203,7 +195,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     from omegaconf import OmegaConf
 
     from arch.flops import training_flops_per_token
-    from eval.train_bench import DEFAULT
     from training.compose import compose
     from training.config import validate
     from training.peak import peak_flops

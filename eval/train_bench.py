@@ -64,12 +64,26 @@ def _peak_memory_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def _steady(times: list[float], warmup: int) -> float:
-    """Median seconds per step over the intervals after ``warmup`` steps."""
+def steady_step_s(times: Sequence[float], warmup: int) -> float:
+    """Median seconds between consecutive steps after ``warmup`` steps (times: one per step, cumulative)."""
     intervals = [b - a for a, b in zip(times[warmup:], times[warmup + 1 :])]
     if not intervals:
-        raise SystemExit(f"error: --steps must exceed --warmup + 1 (got {len(times)} steps, warm-up {warmup}).")
+        raise SystemExit(
+            f"error: a run logged {len(times)} steps, too few for a warm-up of {warmup}: --steps must exceed --warmup + 1."
+        )
     return statistics.median(intervals)
+
+
+def timed_overrides(steps: int) -> list[str]:
+    """train.py overrides of a timed run: ``steps`` steps with validation and checkpoints pushed to the
+    end, no progress bar, and `StepTimer` writing each step's end time."""
+    return [
+        f"trainer.max_steps={steps}",
+        f"trainer.val_check_interval={steps}",
+        f"callbacks.checkpoint.every_n_steps={10 * steps}",
+        "callbacks.progress=null",
+        "+callbacks.step_timer._target_=eval.train_bench.StepTimer",
+    ]
 
 
 def bench_device(values: dict) -> torch.device:
@@ -152,13 +166,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="after the bare loop's timed steps, profile N more and print its three costliest operators")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     overrides = DEFAULT + args.overrides
-    timed = [
-        f"trainer.max_steps={args.steps}",
-        f"trainer.val_check_interval={args.steps}",
-        f"callbacks.checkpoint.every_n_steps={10 * args.steps}",
-        "callbacks.progress=null",
-        "+callbacks.step_timer._target_=eval.train_bench.StepTimer",
-    ]
+    timed = timed_overrides(args.steps)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         cfg = compose([*overrides, *timed, f"paths.runs={tmp}"])
@@ -191,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print("| loop | tokens/s | step ms | peak memory MiB | MFU |\n| --- | ---: | ---: | ---: | ---: |")
     tps = {}
     for side in ("framework", "bare"):
-        tps[side] = [seq_len * batch / _steady(times, args.warmup) for times, _ in results[side]]
+        tps[side] = [seq_len * batch / steady_step_s(times, args.warmup) for times, _ in results[side]]
         median = statistics.median(tps[side])
         mfu = median * results["flops_per_token"] / peak if peak else float("nan")
         memory = max(m for _, m in results[side])

@@ -10,7 +10,8 @@ import textwrap
 
 import pytest
 
-from eval.litgpt_side import litgpt_model_config, litgpt_times, main, steady_step_s
+from eval.litgpt_side import litgpt_model_config, litgpt_times, main
+from eval.train_bench import steady_step_s
 from tests.helpers.runs import compose_config
 from training.run import resolve
 from training.task import LMTask
